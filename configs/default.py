@@ -1,0 +1,144 @@
+"""Default WMMT config: the embedded synthetic dataset at small widths.
+
+Runs end to end on a 2-core CPU in a few minutes:
+
+  python -m wmmt_jax.main --config=configs/default.py --workdir=/tmp/wmmt
+
+`get_config('real_widths')` keeps the synthetic data but uses the real feature
+widths (2048 visual, 1024 audio) and MDP's layer widths.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  """Returns the default config. `arg='real_widths'` uses the real widths."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Global batch size; must divide over all devices.
+  config.batch_size = 16
+  config.total_steps = 1500
+  config.learning_rate = 1e-3
+  # Adam's betas and epsilon (torch and optax defaults).
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  # Torch-style L2 weight decay added to the gradient (MDP uses 5e-4); 0 = off.
+  config.weight_decay = 0.0
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.log_every_steps = 100
+  # 0 = evaluate once at the end of training only.
+  config.eval_every_steps = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'synthetic'
+  # Dataset root; '' = `{workdir}/data` for the synthetic dataset.
+  config.dataset.root = ''
+  # On-disk feature layout (DESIGN.md section 4): 'mdp' or 'generic'.
+  config.dataset.layout = 'mdp'
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = 'test'
+  # Training length T: longer videos are cropped (or binned), shorter padded.
+  config.dataset.num_frames = 256
+  # 'crop': a random window of T frames; 'bins': MDP's one random frame per bin.
+  config.dataset.train_sampling = 'crop'
+  # Audio to visual length: 'avg_pool' (MDP) or 'linear' (UMMAFormer).
+  config.dataset.audio_align = 'avg_pool'
+  config.dataset.visual_dim = 64
+  config.dataset.audio_dim = 32
+  # Evaluation pads each video to the smallest bucket that holds it (longer
+  # videos to a multiple of the largest), so compiles stay few.
+  config.dataset.eval_length_buckets = (256, 512, 1024)
+  config.dataset.prefetch = 2
+
+  # The embedded synthetic dataset (input_pipeline/synthetic.py).
+  config.dataset.synthetic = ml_collections.ConfigDict()
+  config.dataset.synthetic.seed = 0
+  config.dataset.synthetic.num_train = 1024
+  config.dataset.synthetic.num_test = 256
+  config.dataset.synthetic.fps = 25.0
+  # Audio features per second (wav2vec2-style is 50).
+  config.dataset.synthetic.audio_rate = 50.0
+  config.dataset.synthetic.min_duration_s = 4.0
+  config.dataset.synthetic.max_duration_s = 10.0
+  # Class proportions (real, both, visual only, audio only), LAV-DF-like.
+  config.dataset.synthetic.class_proportions = (0.27, 0.25, 0.24, 0.24)
+  config.dataset.synthetic.min_segment_s = 0.1
+  config.dataset.synthetic.max_segment_s = 1.6
+  config.dataset.synthetic.max_fakes = 2
+  # Forgery traces: a shift along a forgery direction (in units of the
+  # per-frame feature std) and a factor on the frame-to-frame deviation.
+  config.dataset.synthetic.shift = 0.6
+  config.dataset.synthetic.deviation_factor = 2.0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'wmmt'
+  # Width of the conv embedding of each modality (MDP: 512).
+  config.model.embed_dim = 64
+  # Width of TPPA's Q, K, V (MDP: 1024).
+  config.model.qkv_dim = 128
+  # Normalisation of TPPA's column sums: 'softmax' (paper), 'sigmoid', 'none' (MDP).
+  config.model.tppa_norm = 'softmax'
+  # Scale of Q K^T: 'key_input' = 1/sqrt(input width of the key side) (MDP),
+  # 'qkv' = 1/sqrt(qkv_dim).
+  config.model.tppa_scale = 'key_input'
+  # Add each TPPA block's input to its output before the LayerNorm.
+  config.model.tppa_residual = True
+  config.model.intra_fe = True
+  config.model.inter_fe = True
+  # Multitask learning: h_v, h_a, c_v, c_a and expert selection (else h_m only).
+  config.model.multitask = True
+  # F_m: 'enhanced' = [F''_v, F''_a] (paper), 'mdp' = [A, V, att_v, att_a].
+  config.model.fusion = 'enhanced'
+  # Hidden width of each localization head (MDP: 1024).
+  config.model.head_dim = 128
+  config.model.dropout_rate = 0.7
+  # Classification heads' temporal aggregation: 'topk' (MDP) or 'mean' (Eq. 2).
+  config.model.aggregation = 'topk'
+  # k = T // topk_ratio.
+  config.model.topk_ratio = 5
+  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  config.model.dtype = 'float32'
+
+  config.loss = ml_collections.ConfigDict()
+  # Eq. 15: L = w_m L_m + w_v L_v + w_a L_a + w_dp L_dp.
+  config.loss.weight_m = 0.8
+  config.loss.weight_v = 0.1
+  config.loss.weight_a = 0.1
+  config.loss.weight_dp = 0.1
+  config.loss.use_dp = True
+  # Deviation measure f: 'mse', 'l1', 'l2', 'cosine', 'kl' (Table V).
+  config.loss.dp_function = 'mse'
+  # Deviation objective: 'a', 'v', 'm', 'a+v', 'a+v+m' (Table VI).
+  config.loss.dp_objective = 'm'
+  # 'sigmoid_sum' = Eq. 11 (sigmoid of the sum over t, then BCE);
+  # 'topk_logits' = MDP (mean of the top T // dp_topk_ratio, BCE with logits).
+  config.loss.dp_reduction = 'sigmoid_sum'
+  config.loss.dp_topk_ratio = 5
+  # What the deviation is measured on: 'features' (F''_v, F''_a, F_m, as in
+  # the paper) or 'embeddings' (each head's hidden embedding, as in MDP).
+  config.loss.dp_input = 'features'
+
+  config.eval = ml_collections.ConfigDict()
+  # 'wmmt', 'lavdf' or 'avdeepfake1m' (DESIGN.md section 5).
+  config.eval.protocol = 'avdeepfake1m'
+  config.eval.batch_size = 8
+  # 'mdp': runs where forged beats real; 'multi_threshold': thresholds + NMS.
+  config.eval.proposal_method = 'mdp'
+  config.eval.thresholds = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+  config.eval.nms_iou = 0.5
+  config.eval.max_proposals = 100
+  # Modality-aware expert selection (needs model.multitask); else h_m always.
+  config.eval.expert_selection = True
+
+  if arg == 'real_widths':
+    config.dataset.visual_dim = 2048
+    config.dataset.audio_dim = 1024
+    config.model.embed_dim = 512
+    config.model.qkv_dim = 1024
+    config.model.head_dim = 1024
+  elif arg:
+    raise ValueError(f"configs/default.py: unknown config arg {arg!r}; "
+                     "expected '' or 'real_widths'.")
+  return config
