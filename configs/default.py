@@ -131,6 +131,8 @@ def get_config(arg=None):
   config.eval.max_proposals = 100
   # Modality-aware expert selection (needs model.multitask); else h_m always.
   config.eval.expert_selection = True
+  # Sec. III-F: a video that c_m calls real gets no proposals.
+  config.eval.real_has_no_proposals = True
 
   if arg == 'real_widths':
     config.dataset.visual_dim = 2048

@@ -1,0 +1,75 @@
+"""Start-up validation of a config: a bad value stops before any work."""
+
+from wmmt_jax import losses
+from wmmt_jax.models import heads
+from wmmt_jax.models import tppa
+from wmmt_jax.models import wmmt
+
+_PROTOCOLS = ('wmmt', 'lavdf', 'avdeepfake1m')
+
+
+def _get(config, key):
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  return value
+
+
+def _choice(config, key, allowed):
+  value = _get(config, key)
+  if value not in allowed:
+    raise ValueError(f'{key}: expected one of {tuple(allowed)}, got {value!r}.')
+
+
+def _positive(config, key, allow_zero=False):
+  value = _get(config, key)
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or (
+      value < 0 if allow_zero else value <= 0):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ValueError(f'{key}: expected a number {bound}, got {value!r}.')
+
+
+def validate(config, num_devices):
+  """Raises ValueError naming the first config key with a bad value.
+
+  Args:
+    config: the run's ConfigDict.
+    num_devices: the global device count; batch sizes must divide over it.
+  """
+  for key in ('batch_size', 'total_steps', 'learning_rate',
+              'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
+              'dataset.num_frames', 'model.embed_dim', 'model.qkv_dim',
+              'model.head_dim', 'model.topk_ratio', 'eval.batch_size',
+              'eval.max_proposals', 'loss.dp_topk_ratio'):
+    _positive(config, key)
+  for key in ('weight_decay', 'eval_every_steps', 'loss.weight_m',
+              'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
+    _positive(config, key, allow_zero=True)
+  if not 0.0 <= config.model.dropout_rate < 1.0:
+    raise ValueError('model.dropout_rate: expected a value in [0, 1), got '
+                     f'{config.model.dropout_rate!r}.')
+  for key in ('batch_size', 'eval.batch_size'):
+    value = _get(config, key)
+    if value % num_devices:
+      raise ValueError(
+          f'{key}={value} does not divide over the {num_devices} devices; '
+          f'use a multiple of {num_devices}.')
+  _choice(config, 'model.tppa_norm', tppa.TPPA_NORMS)
+  _choice(config, 'model.tppa_scale', ('key_input', 'qkv'))
+  _choice(config, 'model.fusion', wmmt.FUSIONS)
+  _choice(config, 'model.aggregation', heads.AGGREGATIONS)
+  _choice(config, 'model.dtype', ('float32', 'bfloat16'))
+  _choice(config, 'loss.dp_function', losses.DP_FUNCTIONS)
+  _choice(config, 'loss.dp_objective', losses.DP_OBJECTIVES)
+  _choice(config, 'loss.dp_reduction', losses.DP_REDUCTIONS)
+  _choice(config, 'loss.dp_input', losses.DP_INPUTS)
+  _choice(config, 'eval.protocol', _PROTOCOLS)
+  _choice(config, 'eval.proposal_method', ('mdp', 'multi_threshold'))
+  _choice(config, 'dataset.train_sampling', ('crop', 'bins'))
+  _choice(config, 'dataset.audio_align', ('avg_pool', 'linear'))
+  _choice(config, 'dataset.layout', ('mdp', 'generic'))
+  if (config.loss.use_dp and config.loss.dp_objective != 'm' and
+      not config.model.multitask):
+    raise ValueError(
+        f'loss.dp_objective={config.loss.dp_objective!r} uses the visual or '
+        'audio task, which needs model.multitask=True (or use objective m).')

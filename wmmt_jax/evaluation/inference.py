@@ -1,0 +1,135 @@
+"""Inference over an evaluation split: expert selection, proposals, metrics."""
+
+import jax
+import numpy as np
+
+import input_pipeline
+from wmmt_jax import parallel
+from wmmt_jax.evaluation import metrics
+from wmmt_jax.evaluation import proposals as proposals_lib
+from wmmt_jax.models import wmmt
+
+
+def make_eval_step(model, use_experts):
+  """`(params, batch) -> per-video outputs`, with the batch's bookkeeping."""
+
+  def eval_step(params, batch):
+    outputs = model.apply({'params': params}, batch['visual'], batch['audio'],
+                          batch['mask'], train=False)
+    out = wmmt.expert_select(outputs, use_experts)
+    out.update(index=batch['index'], valid=batch['valid'],
+               length=batch['mask'].sum(axis=-1).astype(np.int32))
+    return out
+
+  return eval_step
+
+
+def video_proposals(fas, fps, pred_class, eval_config):
+  """Proposals `[K, 3]` (score, start_s, end_s) of one video, best first.
+
+  Args:
+    fas: `[T, 2]` real / forged probabilities of the selected head, native
+      length.
+    fps: frames per second of the features.
+    pred_class: the class predicted by `c_m`.
+    eval_config: the `eval` config block.
+  """
+  if pred_class == wmmt.REAL and eval_config.real_has_no_proposals:
+    return np.zeros((0, 3), np.float32)
+  if eval_config.proposal_method == 'mdp':
+    return proposals_lib.mdp_proposals(fas, fps, eval_config.max_proposals)
+  return proposals_lib.multi_threshold_proposals(
+      fas[:, 1], fps, eval_config.thresholds, eval_config.nms_iou,
+      eval_config.max_proposals)
+
+
+def flat_scalars(results, prefix='eval'):
+  """Results dict -> flat `{name: float}` for metric writers."""
+  out = {f'{prefix}/ap@{k}': v for k, v in results['ap'].items()}
+  out.update({f'{prefix}/ar@{k}': v for k, v in results['ar'].items()})
+  out[f'{prefix}/map'] = float(np.mean(list(results['ap'].values())))
+  out[f'{prefix}/mean_ar'] = float(np.mean(list(results['ar'].values())))
+  for key in ('video_accuracy', 'auc'):
+    out[f'{prefix}/{key}'] = results[key]
+  return out
+
+
+class Evaluator:
+  """Runs the model over an evaluation split and scores it.
+
+  Videos run at native length, padded to a few length buckets (one compile
+  per bucket); every process runs the same number of batches and the outputs
+  come back replicated, so the numbers do not depend on the process count.
+  """
+
+  def __init__(self, model, config, records, root, mesh):
+    self._config = config
+    self._records = records
+    self._root = root
+    self._mesh = mesh
+    use_experts = config.eval.expert_selection and config.model.multitask
+    self._step = jax.jit(
+        make_eval_step(model, use_experts),
+        in_shardings=(parallel.replicated(mesh),
+                      parallel.data_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh))
+    self.last_predictions = None
+
+  def predict(self, params):
+    """Per-video outputs, in `records` order.
+
+    Returns:
+      A dict with `proposals` (file -> `[K, 3]`), `pred_class` `[N]`,
+      `video_probs` `[N, 4]` and `expert` `[N]`.
+    """
+    n = len(self._records)
+    pred_class = np.full((n,), -1, np.int32)
+    expert = np.full((n,), -1, np.int32)
+    video_probs = np.zeros((n, 4), np.float32)
+    proposals = {}
+    batches, _ = input_pipeline.create_eval_dataset(
+        self._config, self._records, self._root,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batches:
+      batch = {k: batch[k] for k in ('visual', 'audio', 'mask', 'index',
+                                     'valid')}
+      out = jax.device_get(
+          self._step(params, parallel.to_global(batch, self._mesh)))
+      for row in np.flatnonzero(out['valid'] > 0):
+        i = int(out['index'][row])
+        record = self._records[i]
+        pred_class[i] = out['pred_class'][row]
+        expert[i] = out['expert'][row]
+        video_probs[i] = out['video_probs'][row]
+        fas = out['fas'][row, :out['length'][row]]
+        proposals[record.file] = video_proposals(
+            fas, record.fps, pred_class[i], self._config.eval)
+    missing = np.flatnonzero(pred_class < 0)
+    if missing.size:
+      raise RuntimeError(
+          f'Evaluation missed {missing.size} of {n} videos, e.g. '
+          f'{self._records[missing[0]].file}: the eval pipeline must yield '
+          'every record once.')
+    return {'proposals': proposals, 'pred_class': pred_class,
+            'video_probs': video_probs, 'expert': expert}
+
+  def evaluate(self, params):
+    """Predicts and scores the split with `config.eval.protocol`.
+
+    Returns:
+      `{'ap': {iou: v}, 'ar': {n: v}, 'video_accuracy': v, 'auc': v,
+      'protocol': name}`; the proposals are kept in `last_predictions`.
+    """
+    pred = self.predict(params)
+    self.last_predictions = pred['proposals']
+    protocol = metrics.PROTOCOLS[self._config.eval.protocol]
+    ground_truth = {r.file: r.fake_segments for r in self._records}
+    results = metrics.ap_ar_1d(pred['proposals'], ground_truth,
+                               protocol['ap_ious'], protocol['ar_ns'])
+    labels = np.array([r.label for r in self._records], np.int32)
+    results['video_accuracy'] = metrics.video_accuracy(pred['pred_class'],
+                                                       labels)
+    results['auc'] = metrics.binary_auc(1.0 - pred['video_probs'][:, 0],
+                                        (labels != 0).astype(np.int32))
+    results['protocol'] = self._config.eval.protocol
+    return results

@@ -1,0 +1,34 @@
+"""The data mesh and host-to-global batch conversion."""
+
+import jax
+import numpy as np
+
+P = jax.sharding.PartitionSpec
+
+
+def make_mesh():
+  """A 1-D `('data',)` mesh over all devices of all processes."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def data_sharding(mesh):
+  """Split on the first (batch) axis over 'data'."""
+  return jax.sharding.NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh):
+  """Replicated on every device."""
+  return jax.sharding.NamedSharding(mesh, P())
+
+
+def to_global(batch, mesh):
+  """Process-local numpy batch -> global arrays split over 'data'.
+
+  Each process passes its own rows; the global batch is their concatenation
+  in process order.
+  """
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)
