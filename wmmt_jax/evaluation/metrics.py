@@ -110,6 +110,8 @@ def _greedy_match(rank, outer, inner, n_outer, n_inner):
   Each `outer` item, in order of its `rank` within its video, takes the first
   still unused `inner` item among its candidate pairs. Items of one rank belong
   to different videos, so they never compete and a whole rank is one step.
+  The `P` pairs are the candidates only (IoU above the threshold), sorted by
+  (rank, outer, preference), so "first" means "preferred".
 
   Args:
     rank: `[P]` rank of the pair's outer item within its video.
@@ -117,7 +119,6 @@ def _greedy_match(rank, outer, inner, n_outer, n_inner):
     inner: `[P]` global id of the inner item.
     n_outer: number of outer items.
     n_inner: number of inner items.
-    (The pairs are the candidates only, sorted by (rank, outer, preference).)
 
   Returns:
     `(outer_matched [n_outer], inner_matched [n_inner])` bool arrays.
@@ -139,23 +140,21 @@ def _greedy_match(rank, outer, inner, n_outer, n_inner):
   return outer_hit, inner_used
 
 
-def _average_precision(scores, is_tp, n_labels, skip_first_step):
+def _average_precision(is_tp, score_order, n_labels, skip_first_step):
   """AP of pooled proposals (DESIGN.md section 5).
 
   Args:
-    scores: `[P]` float32 confidences of all proposals, in pooled order.
-    is_tp: `[P]` bool.
+    is_tp: `[P]` bool, all proposals in pooled order.
+    score_order: `[P]` indices sorting the pool by descending score (stable).
     n_labels: number of ground-truth segments.
     skip_first_step: leave out the k = 1 term, as the official code does.
 
   Returns:
     `sum_k (rec_k - rec_{k-1}) * max_{j >= k} prec_j` as a Python float.
   """
-  if n_labels == 0 or scores.size == 0:
+  if n_labels == 0 or is_tp.size == 0:
     return 0.0
-  # Stable, as the official Rust `sort_by`: ties keep the pooled order.
-  order = np.argsort(-scores, kind='stable')
-  acc = np.cumsum(is_tp[order], dtype=np.float32)
+  acc = np.cumsum(is_tp[score_order], dtype=np.float32)
   prec = acc / np.arange(1, acc.size + 1, dtype=np.float32)
   rec = acc / np.float32(n_labels)
   envelope = np.maximum.accumulate(prec[::-1])[::-1]
@@ -174,7 +173,8 @@ def ap_ar_1d(predictions, ground_truth, ap_ious, ar_ns,
   Only files of `ground_truth` are scored (as the official evaluator, which
   walks the metadata); a file missing from `predictions`, or with an empty
   list, has no proposals and its segments count as misses (the official
-  package panics there; its usual dummy row `[0, 0, 0]` gives the same result).
+  package panics there; its usual dummy row `[0, 0, 0]` gives the same result
+  as long as every real score is > 0, since the dummy is an FP at score 0).
 
   AP at threshold t (`official_quirks=True`): in each video, each ground-truth
   segment in order takes the first unused proposal in list order with IoU > t.
@@ -234,6 +234,8 @@ def ap_ar_1d(predictions, ground_truth, ap_ious, ar_ns,
     outer, inner = pairs.pair_prop[order], pairs.pair_gt[order]
   rank, iou = rank[order], pairs.iou[order]
 
+  # Stable, as the official Rust `sort_by`: ties keep the pooled order.
+  score_order = np.argsort(-scores, kind='stable')
   ap = {}
   for t in ap_ious:
     hit = iou > np.float32(t)
@@ -242,7 +244,7 @@ def ap_ar_1d(predictions, ground_truth, ap_ious, ar_ns,
         n_labels if official_quirks else len(scores),
         len(scores) if official_quirks else n_labels)
     is_tp = inner_hit if official_quirks else outer_hit
-    ap[float(t)] = _average_precision(scores, is_tp, n_labels,
+    ap[float(t)] = _average_precision(is_tp, score_order, n_labels,
                                       skip_first_step=official_quirks)
 
   # AR. Position of each proposal in the order AR@N takes them from.

@@ -78,20 +78,22 @@ def _run_rows(mask, score, fps):
     fps: frames per second of `mask`.
 
   Returns:
-    `[K, 3]` float64 rows.
+    `[K, 3]` float32 rows (float32 before any sorting, so ties are ties of
+    the values returned).
   """
   starts, ends = _runs(mask)
   # Run means from a float64 prefix sum: exact enough and O(T) for any number
   # of runs.
   csum = np.concatenate([[0.0], np.cumsum(score, dtype=np.float64)])
   means = (csum[ends] - csum[starts]) / (ends - starts)
-  return np.stack([means, starts / float(fps), ends / float(fps)], axis=1)
+  return np.stack([means, starts / float(fps), ends / float(fps)],
+                  axis=1).astype(np.float32)
 
 
 def _best_first(rows, max_proposals):
   """Sorts `[K, 3]` rows by score descending (stable) and keeps the first ones."""
   order = np.argsort(-rows[:, 0], kind='stable')
-  return rows[order][:max_proposals].astype(np.float32)
+  return rows[order][:max_proposals]
 
 
 def _check_fps(fps):

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wmmt_jax.models import initializers
+
 AGGREGATIONS = ('topk', 'mean')
 
 
@@ -27,7 +29,7 @@ class Embed(nn.Module):
     """`x`: `[B, T, D_in]`, mask `[B, T]`. Returns `[B, T, features]`."""
     x = _masked(x.astype(self.dtype), mask)
     x = nn.Conv(self.features, (3,), padding=[(1, 1)], dtype=self.dtype,
-                name='conv')(x)
+                kernel_init=initializers.torch_default_kernel, name='conv')(x)
     x = nn.relu(x)
     x = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
     return _masked(x, mask)
@@ -49,11 +51,11 @@ class LocalizationHead(nn.Module):
   def __call__(self, x, mask, *, train):
     """Returns `(cas [B, T, C], embedding [B, T, hidden_dim])`."""
     emb = nn.Conv(self.hidden_dim, (3,), padding=[(1, 1)], dtype=self.dtype,
-                  name='embed')(x)
+                  kernel_init=initializers.torch_default_kernel, name='embed')(x)
     emb = _masked(nn.relu(emb), mask)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(emb)
     cas = nn.Conv(self.num_classes, (1,), use_bias=False, dtype=self.dtype,
-                  name='cls')(h)
+                  kernel_init=initializers.torch_default_kernel, name='cls')(h)
     cas = _masked(nn.relu(cas), mask)
     return cas, emb
 

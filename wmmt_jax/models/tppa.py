@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wmmt_jax.models import initializers
+
 TPPA_NORMS = ('softmax', 'sigmoid', 'none')
 
 
@@ -70,7 +72,9 @@ class TPPA(nn.Module):
   @nn.compact
   def __call__(self, x_q, x_kv, mask):
     """`x_q`, `x_kv`: `[B, T, D]`; mask `[B, T]`. Returns `([B, T, out_dim], r)`."""
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
+    dense = lambda n, name: nn.Dense(
+        n, dtype=self.dtype, kernel_init=initializers.torch_default_kernel,
+        name=name)
     q = dense(self.qkv_dim, 'query')(x_q)
     k = dense(self.qkv_dim, 'key')(x_kv)
     v = dense(self.qkv_dim, 'value')(x_kv)

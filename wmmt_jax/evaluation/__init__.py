@@ -1,0 +1,1 @@
+"""wmmt_jax evaluation: proposals, metrics and result files (numpy only)."""
