@@ -4,6 +4,7 @@ Runs end to end on a 2-core CPU in a few minutes:
 
   python -m wmmt_jax.main --config=configs/default.py --workdir=/tmp/wmmt
 
+`get_config('tiny')` shrinks everything for tests and smoke runs;
 `get_config('real_widths')` keeps the synthetic data but uses the real feature
 widths (2048 visual, 1024 audio) and MDP's layer widths.
 """
@@ -134,7 +135,25 @@ def get_config(arg=None):
   # Sec. III-F: a video that c_m calls real gets no proposals.
   config.eval.real_has_no_proposals = True
 
-  if arg == 'real_widths':
+  if arg == 'tiny':
+    # Seconds-scale runs for tests and smoke checks.
+    config.batch_size = 4
+    config.total_steps = 6
+    config.checkpoint_every_steps = 2
+    config.log_every_steps = 2
+    config.dataset.num_frames = 32
+    config.dataset.visual_dim = 8
+    config.dataset.audio_dim = 4
+    config.dataset.eval_length_buckets = (32, 64)
+    config.dataset.synthetic.num_train = 16
+    config.dataset.synthetic.num_test = 8
+    config.dataset.synthetic.min_duration_s = 1.0
+    config.dataset.synthetic.max_duration_s = 2.0
+    config.model.embed_dim = 8
+    config.model.qkv_dim = 8
+    config.model.head_dim = 8
+    config.eval.batch_size = 4
+  elif arg == 'real_widths':
     config.dataset.visual_dim = 2048
     config.dataset.audio_dim = 1024
     config.model.embed_dim = 512
@@ -142,5 +161,5 @@ def get_config(arg=None):
     config.model.head_dim = 1024
   elif arg:
     raise ValueError(f"configs/default.py: unknown config arg {arg!r}; "
-                     "expected '' or 'real_widths'.")
+                     "expected '', 'tiny' or 'real_widths'.")
   return config

@@ -4,6 +4,9 @@
       --config.total_steps=3000
 """
 
+import logging as std_logging
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -20,9 +23,18 @@ config_flags.DEFINE_config_file('config', None, 'Config file.',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietCheckpointLogs(std_logging.Filter):
+  """Drops Orbax's per-save INFO lines; its warnings and errors still show."""
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING or
+            f'{os.sep}orbax{os.sep}' not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   # tf.data only: keep TensorFlow off any accelerator JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(),

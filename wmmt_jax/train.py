@@ -52,6 +52,15 @@ class TextFileWriter(metric_writers.LoggingWriter):
       f.write(f'step {step}: {values}\n')
 
 
+def create_writer(workdir, is_chief):
+  """TensorBoard + `metrics.txt` + log on process 0; the log elsewhere."""
+  if not is_chief:
+    return metric_writers.LoggingWriter()
+  return metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(workdir),
+      TextFileWriter(os.path.join(workdir, 'metrics.txt'))])
+
+
 def create_model(config):
   """The WMMT module for `config.model`."""
   m = config.model
@@ -194,11 +203,7 @@ def train_and_evaluate(config, workdir):
                          args=ocp.args.StandardRestore(abstract_state))
   initial_step = int(jax.device_get(state.step))
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief)
-  if is_chief:
-    writer = metric_writers.MultiWriter(
-        [writer, TextFileWriter(os.path.join(workdir, 'metrics.txt'))])
+  writer = create_writer(workdir, is_chief)
   if initial_step == 0:
     writer.write_hparams(dict(config.to_dict(), workdir=workdir))
 
