@@ -20,6 +20,7 @@ setuptools.setup(
         'numpy>=2.0',
         'optax>=0.2.5',
         'orbax-checkpoint>=0.11.20',
+        'scipy>=1.12',
         'tensorboard>=2.19',
         'tensorflow-cpu>=2.19',
         'tensorflow-datasets>=4.9.9',
@@ -27,4 +28,5 @@ setuptools.setup(
     extras_require={
         'test': ['pytest>=8.0', 'chex>=0.1.90'],
     },
+    entry_points={'console_scripts': ['wmmt-eval = wmmt_jax.evaluate:run']},
 )

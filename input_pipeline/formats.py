@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,9 +20,6 @@ LABEL_BOTH = 1
 LABEL_VISUAL = 2
 LABEL_AUDIO = 3
 NUM_CLASSES = 4
-
-_EMPTY_SEGMENTS = np.zeros((0, 2), np.float32)
-_EMPTY_SEGMENTS.flags.writeable = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,83 +66,81 @@ def label_from_modified(modify_video: bool, modify_audio: bool) -> int:
   return LABEL_REAL
 
 
+def _video_id(file: str) -> str:
+  """'train/000001.mp4' -> '000001' (os.path.splitext is slow on 136k)."""
+  name = file.rpartition('/')[2]
+  stem, dot, _ = name.rpartition('.')
+  return stem if dot and stem else name
+
+
 def _is_number(x) -> bool:
-  # bool is an int subclass; `"duration": true` is a malformed entry.
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  # `type` rather than isinstance: bool is an int subclass, and
+  # `"duration": true` is a malformed entry.
+  return type(x) in (int, float)  # pylint: disable=unidiomatic-typecheck
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
+def _is_segment(seg) -> bool:
+  # pylint: disable-next=unidiomatic-typecheck
+  return (type(seg) is list and len(seg) == 2 and _is_number(seg[0]) and
+          _is_number(seg[1]) and 0 <= seg[0] <= seg[1] < math.inf)
 
 
-def _parse_segments(value) -> Optional[np.ndarray]:
-  """`[[start, end], ...]` -> `[N, 2]` float32, None if malformed."""
-  if not isinstance(value, list):
-    return None
-  for seg in value:
-    if (not isinstance(seg, list) or len(seg) != 2 or
-        not _is_number(seg[0]) or not _is_number(seg[1]) or
-        not 0 <= seg[0] <= seg[1] or not math.isfinite(seg[1])):
-      return None
-  if not value:
-    return _EMPTY_SEGMENTS
-  return np.asarray(value, np.float32).reshape(-1, 2)
-
-
-# (key, check, what is expected); checked in this order.
+# (key, check, what is expected), in the order they are reported.
 _LAVDF_FIELDS = (
-    ('file', lambda v: isinstance(v, str) and v, 'a non-empty string'),
-    ('split', lambda v: isinstance(v, str) and v, 'a non-empty string'),
+    ('file', lambda v: type(v) is str and v, 'a non-empty string'),
+    ('split', lambda v: type(v) is str and v, 'a non-empty string'),
     ('duration', lambda v: _is_number(v) and 0 < v < math.inf,
      'a number > 0 (seconds)'),
-    ('video_frames', lambda v: _is_int(v) and v > 0, 'an integer > 0'),
-    ('modify_video', lambda v: isinstance(v, bool), 'a bool'),
-    ('modify_audio', lambda v: isinstance(v, bool), 'a bool'),
-    ('n_fakes', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('fake_periods', lambda v: _parse_segments(v) is not None,
+    ('video_frames', lambda v: type(v) is int and v > 0, 'an integer > 0'),
+    ('modify_video', lambda v: type(v) is bool, 'a bool'),
+    ('modify_audio', lambda v: type(v) is bool, 'a bool'),
+    ('n_fakes', lambda v: type(v) is int and v >= 0, 'an integer >= 0'),
+    ('fake_periods',
+     lambda v: type(v) is list and all(_is_segment(seg) for seg in v),
      'a list of [start, end] pairs of numbers with 0 <= start <= end'),
 )
 
 
-def _record_from_entry(entry, where: str) -> VideoRecord:
-  """One validated LAV-DF metadata entry -> VideoRecord."""
+def _is_valid_entry(entry) -> bool:
+  """Fast check of one metadata entry; `_entry_error` explains a failure."""
+  try:
+    file, split = entry['file'], entry['split']
+    duration, frames = entry['duration'], entry['video_frames']
+    modify_video, modify_audio = entry['modify_video'], entry['modify_audio']
+    n_fakes, periods = entry['n_fakes'], entry['fake_periods']
+  except (KeyError, TypeError, IndexError):
+    return False
+  # pylint: disable=unidiomatic-typecheck
+  return (type(file) is str and bool(file) and type(split) is str and
+          bool(split) and _is_number(duration) and 0 < duration < math.inf and
+          type(frames) is int and frames > 0 and
+          type(modify_video) is bool and type(modify_audio) is bool and
+          type(n_fakes) is int and type(periods) is list and
+          n_fakes == len(periods) and
+          (modify_video or modify_audio) == (n_fakes > 0) and
+          all(_is_segment(seg) for seg in periods))
+
+
+def _entry_error(entry) -> str:
+  """What is wrong with an entry that failed `_is_valid_entry`."""
   if not isinstance(entry, dict):
-    raise ValueError(f'{where}: expected a JSON object, got '
-                     f'{type(entry).__name__}.')
+    return f'expected a JSON object, got {type(entry).__name__}.'
   for key, check, expected in _LAVDF_FIELDS:
     if key not in entry:
-      raise ValueError(f'{where}: missing key {key!r} (expected {expected}).')
+      return f'missing key {key!r} (expected {expected}).'
     if not check(entry[key]):
-      raise ValueError(f'{where}: key {key!r}: expected {expected}, got '
-                       f'{entry[key]!r:.200}.')
-  segments = _parse_segments(entry['fake_periods'])
-  if entry['n_fakes'] != len(segments):
-    raise ValueError(
-        f"{where}: key 'n_fakes' is {entry['n_fakes']} but 'fake_periods' "
-        f'has {len(segments)} segments; expected them to agree.')
-  modify_video, modify_audio = entry['modify_video'], entry['modify_audio']
-  is_fake = modify_video or modify_audio
-  if is_fake and not len(segments):
-    raise ValueError(f"{where}: key 'fake_periods' is empty but "
-                     "'modify_video' or 'modify_audio' is true; expected at "
-                     'least one [start, end] segment for a fake video.')
-  if not is_fake and len(segments):
-    raise ValueError(f"{where}: key 'fake_periods' has {len(segments)} "
-                     "segments but neither 'modify_video' nor 'modify_audio' "
-                     'is true; expected none for a real video.')
-  file = entry['file']
-  duration = float(entry['duration'])
-  return VideoRecord(
-      file=file,
-      video_id=os.path.splitext(os.path.basename(file))[0],
-      split=entry['split'],
-      label=label_from_modified(modify_video, modify_audio),
-      duration=duration,
-      video_frames=entry['video_frames'],
-      fps=entry['video_frames'] / duration,
-      fake_segments=segments,
-      visual_segments=segments if modify_video else _EMPTY_SEGMENTS,
-      audio_segments=segments if modify_audio else _EMPTY_SEGMENTS)
+      return f'key {key!r}: expected {expected}, got {entry[key]!r:.200}.'
+  n_segments = len(entry['fake_periods'])
+  if entry['n_fakes'] != n_segments:
+    return (f"key 'n_fakes' is {entry['n_fakes']} but 'fake_periods' has "
+            f'{n_segments} segments; expected them to agree.')
+  if n_segments:
+    return (f"key 'fake_periods' has {n_segments} segments but neither "
+            "'modify_video' nor 'modify_audio' is true; expected none for a "
+            'real video.')
+  return ("key 'fake_periods' is empty but 'modify_video' or 'modify_audio' "
+          'is true; expected at least one [start, end] segment for a fake '
+          'video.')
 
 
 def read_lavdf_metadata(
@@ -159,7 +153,7 @@ def read_lavdf_metadata(
 
   Returns:
     The records in file order. Entries of other splits are checked only for
-    their `split` key, so reading one split of the full file stays fast.
+    their `split` key.
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -179,20 +173,48 @@ def read_lavdf_metadata(
   if not isinstance(entries, list):
     raise ValueError(f'{path}: expected a JSON list of video entries, got '
                      f'{type(entries).__name__}.')
+
+  def fail(i, entry):
+    file = entry.get('file') if isinstance(entry, dict) else None
+    where = f'entry {i}' + (f' ({file})' if isinstance(file, str) else '')
+    raise ValueError(f'{path}: {where}: {_entry_error(entry)}')
+
+  if isinstance(splits, str):
+    raise TypeError(f'read_lavdf_metadata: splits must be a list of split '
+                    f'names, e.g. [{splits!r}], got the string {splits!r}.')
   keep = None if splits is None else frozenset(splits)
-  records = []
+  kept = []
+  periods = []  # All segments of the kept entries, converted at once.
   for i, entry in enumerate(entries):
     if keep is not None:
       split = entry.get('split') if isinstance(entry, dict) else None
-      if not isinstance(split, str):
-        # Let the full check produce the error message.
-        _record_from_entry(entry, f'{path}: entry {i}')
-      if split not in keep:
+      if isinstance(split, str) and split not in keep:
         continue
-    file = entry.get('file') if isinstance(entry, dict) else None
-    where = f'{path}: entry {i}' + (f' ({file})' if isinstance(file, str)
-                                    else '')
-    records.append(_record_from_entry(entry, where))
+    if not _is_valid_entry(entry):
+      fail(i, entry)
+    kept.append(entry)
+    periods.extend(entry['fake_periods'])
+  flat = np.asarray(periods, np.float32).reshape(-1, 2)
+  flat.flags.writeable = False
+  records = []
+  offset = 0
+  for entry in kept:
+    n = entry['n_fakes']
+    segments = flat[offset:offset + n]
+    offset += n
+    file, duration = entry['file'], float(entry['duration'])
+    modify_video, modify_audio = entry['modify_video'], entry['modify_audio']
+    records.append(VideoRecord(
+        file=file,
+        video_id=_video_id(file),
+        split=entry['split'],
+        label=label_from_modified(modify_video, modify_audio),
+        duration=duration,
+        video_frames=entry['video_frames'],
+        fps=entry['video_frames'] / duration,
+        fake_segments=segments,
+        visual_segments=segments if modify_video else flat[:0],
+        audio_segments=segments if modify_audio else flat[:0]))
   return records
 
 
