@@ -94,17 +94,28 @@ def get_records(config: ml_collections.ConfigDict, workdir: str,
   """The records of one split and the dataset root their features live in.
 
   For `dataset.name == 'synthetic'` the dataset is written on first use under
-  `dataset.root` (or `{workdir}/data` if empty).
+  `dataset.root` (or `{workdir}/data` if empty); for 'lavdf', `dataset.root`
+  holds LAV-DF's `metadata.json` and the features in `dataset.layout`.
   """
   name = config.dataset.name
   if name == 'synthetic':
     root = synthetic.ensure_synthetic_dataset(
         config.dataset.root or f'{workdir}/data', config)
-    records = formats.read_lavdf_metadata(f'{root}/metadata.json',
-                                          splits=[split])
-    return records, root
-  raise ValueError(f"dataset.name: unknown dataset {name!r}; expected "
-                   "'synthetic'.")
+  elif name == 'lavdf':
+    root = config.dataset.root
+    if not root:
+      raise ValueError('dataset.root: set it to the LAV-DF directory that '
+                       'holds metadata.json and feats/ (--config.dataset.root'
+                       '=...).')
+  else:
+    raise ValueError(f"dataset.name: unknown dataset {name!r}; expected "
+                     "'synthetic' or 'lavdf'.")
+  records = formats.read_lavdf_metadata(f'{root}/metadata.json',
+                                        splits=[split])
+  if not records:
+    raise ValueError(f'{root}/metadata.json: no entries with split '
+                     f'{split!r} (dataset.train_split / dataset.eval_split).')
+  return records, root
 
 
 def _per_process(global_size: int, process_index: int, process_count: int,

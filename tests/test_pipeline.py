@@ -44,6 +44,23 @@ def data(tmp_path_factory):
   return config, train, test, root
 
 
+def test_lavdf_reads_a_dataset_in_lavdf_layout(data):
+  config, train, _, root = data
+  # The synthetic dataset is in LAV-DF's layout, so it reads as LAV-DF.
+  lavdf = tiny_config()
+  lavdf.dataset.name = 'lavdf'
+  lavdf.dataset.root = root
+  records, lavdf_root = pipeline.get_records(lavdf, '/nonexistent', 'train')
+  assert lavdf_root == root and records == train
+  lavdf.dataset.root = ''
+  with pytest.raises(ValueError, match='dataset.root'):
+    pipeline.get_records(lavdf, '/nonexistent', 'train')
+  lavdf.dataset.root = root
+  with pytest.raises(ValueError, match="split 'dev'"):
+    pipeline.get_records(lavdf, '/nonexistent', 'dev')
+  del config
+
+
 def _take(ds, n):
   return list(itertools.islice(ds.as_numpy_iterator(), n))
 
