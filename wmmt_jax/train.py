@@ -179,6 +179,10 @@ def train_and_evaluate(config, workdir):
     The results dict (`ap`, `ar`, `video_accuracy`, `auc`, ...).
   """
   config_lib.validate(config, jax.device_count())
+  # Orbax needs absolute local paths (`--workdir=workdirs/x` is common);
+  # URLs such as gs:// stay as they are.
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
   tf.io.gfile.makedirs(workdir)
   if is_chief:
