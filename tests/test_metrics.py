@@ -2,7 +2,8 @@
 
 `reference_ap_ar` follows `src/loc_1d.rs` of the `avdeepfake1m` package line by
 line with float32 scalars (DESIGN.md section 5); `ap_ar_1d` is the vectorised
-version under test.
+version under test. Where the official compiled evaluator can be loaded
+(`official.py`), the results are also compared with it bit for bit.
 """
 
 import json
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from wmmt_jax.evaluation import metrics
+from wmmt_jax.evaluation import official
 
 F32 = np.float32
 
@@ -77,11 +79,14 @@ def _ap_from_pool(pool, n_labels, official):
 
 def reference_ap_ar(predictions, ground_truth, ap_ious, ar_ns,
                     ar_ious=metrics.DEFAULT_AR_IOUS, official_quirks=True,
-                    ar_order='listed', drop_gt_without_proposals=False):
+                    ar_order='listed', drop_gt_without_proposals=False,
+                    fps=1.0):
   """Slow, literal version of `metrics.ap_ar_1d`."""
   videos = []
   for f, segs in ground_truth.items():
-    props = [[F32(x) for x in row] for row in predictions.get(f, [])]
+    # Proposal times in frames: `x / fps` in float32, as loc_1d.rs.
+    props = [[F32(row[0]), F32(row[1]) / F32(fps), F32(row[2]) / F32(fps)]
+             for row in predictions.get(f, [])]
     gts = [[F32(x) for x in seg] for seg in segs]
     videos.append((props, gts))
   n_labels = sum(len(g) for _, g in videos)
@@ -314,9 +319,19 @@ def test_bad_shape_names_the_file():
     metrics.ap_ar_1d({'a': [[0.5, 0.0]]}, {'a': [[0, 1]]}, (0.5,), (1,))
 
 
-def test_matches_official_package_if_installed(tmp_path):
-  evaluation = pytest.importorskip('avdeepfake1m.evaluation')
-  predictions, ground_truth = _random_dataset(3)
+def _official_or_skip():
+  """The official compiled evaluator, or skips the test."""
+  module = official.load()
+  if module is None:
+    pytest.skip('official avdeepfake1m extension not found (set '
+                f'{official.ENV_VAR} to its file or directory)')
+  return module
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_bit_for_bit_with_official(tmp_path, seed):
+  module = _official_or_skip()
+  predictions, ground_truth = _random_dataset(seed, n_videos=40 + 30 * seed)
   # The package panics on empty or missing lists: use its dummy row (an FP at
   # score 0, which ties with the dataset's zero scores, so both sides get it).
   padded = {f: [[float(x) for x in r] for r in predictions.get(f, [])]
@@ -324,16 +339,134 @@ def test_matches_official_package_if_installed(tmp_path):
   (tmp_path / 'p.json').write_text(json.dumps(padded))
   (tmp_path / 'g.json').write_text(json.dumps(
       [{'file': f, 'fake_segments': s} for f, s in ground_truth.items()]))
-  for proto in metrics.PROTOCOLS.values():
-    want = evaluation.ap_ar_1d(
+  fps = (1.0, 25.0, 3.0)[seed % 3]
+  # One AR count sums the AR thresholds in another order than several.
+  for ar_ns in ((50, 30, 20, 10, 5), (3,)):
+    ap_ious = (0.5, 0.75, 0.9, 0.95, 0.1, 0.3)
+    want = module.ap_ar_1d(
         str(tmp_path / 'p.json'), str(tmp_path / 'g.json'), 'file',
-        'fake_segments', 1.0, list(proto['ap_ious']), list(proto['ar_ns']),
-        list(proto['ar_ious']))
-    got = metrics.ap_ar_1d(padded, ground_truth, **proto)
-    np.testing.assert_allclose(list(got['ap'].values()),
-                               list(want['ap'].values()), atol=1e-6)
-    np.testing.assert_allclose(list(got['ar'].values()),
-                               list(want['ar'].values()), atol=1e-6)
+        'fake_segments', fps, list(ap_ious), list(ar_ns),
+        list(metrics.DEFAULT_AR_IOUS))
+    got = metrics.ap_ar_1d(padded, ground_truth, ap_ious, ar_ns, fps=fps)
+    # The official keys are float32 values; the results are float32 values.
+    assert [got['ap'][t] for t in ap_ious] == [
+        want['ap'][float(F32(t))] for t in ap_ious]
+    assert got['ar'] == want['ar']
+
+
+def _tiny_case(rng):
+  """A small random case on a coarse grid: many ties and IoUs on thresholds."""
+  fps = float(rng.choice([1.0, 2.0, 25.0]))
+  predictions, ground_truth = {}, {}
+  for v in range(rng.integers(1, 5)):
+    f = f'v{v}'
+    segs = []
+    for _ in range(rng.integers(0, 4)):
+      s = rng.integers(0, 8) / 2
+      segs.append([s, s + rng.integers(0, 5) / 2])  # May be zero-length.
+    ground_truth[f] = segs
+    kind = rng.random()
+    if kind < 0.1:
+      continue  # Missing from the predictions.
+    rows = []
+    for _ in range(rng.integers(0, 7)):
+      if segs and rng.random() < 0.6:
+        g = segs[rng.integers(len(segs))]
+        s = g[0] + rng.integers(-1, 2) / 2
+        e = max(g[1] + rng.integers(-1, 2) / 2, s)
+      else:
+        s = rng.integers(0, 8) / 2
+        e = s + rng.integers(0, 4) / 2
+      # Times in frames when fps != 1, as the evaluator expects.
+      rows.append([rng.integers(0, 5) / 4, s * fps, e * fps])
+    predictions[f] = rows
+  settings = dict(
+      ap_ious=tuple(rng.choice([0.1, 0.3, 0.5, 0.6, 0.75, 0.95],
+                               rng.integers(1, 4), replace=False)),
+      ar_ns=tuple(int(n) for n in rng.choice(np.arange(1, 8),
+                                            rng.integers(1, 4),
+                                            replace=False)),
+      ar_ious=tuple(rng.choice(metrics.DEFAULT_AR_IOUS, rng.integers(1, 4),
+                               replace=False)),
+      official_quirks=bool(rng.random() < 0.6),
+      ar_order=str(rng.choice(metrics.AR_ORDERS)),
+      drop_gt_without_proposals=bool(rng.random() < 0.3),
+      fps=fps)
+  return predictions, ground_truth, settings
+
+
+def test_property_against_reference_on_random_cases():
+  """Thousands of small random cases: vectorised code == the slow loops."""
+  rng = np.random.default_rng(1234)
+  for case in range(2000):
+    predictions, ground_truth, settings = _tiny_case(rng)
+    got = metrics.ap_ar_1d(predictions, ground_truth, **settings)
+    want = reference_ap_ar(predictions, ground_truth, **settings)
+    for key in ('ap', 'ar'):
+      np.testing.assert_allclose(
+          list(got[key].values()), list(want[key].values()), atol=1e-6,
+          err_msg=f'case {case}: {predictions} {ground_truth} {settings}')
+
+
+def test_fps_divides_proposal_times_only():
+  # Proposals in frames at 25 fps; ground truth in seconds.
+  ground_truth = {'a': [[1.0, 2.0]]}
+  frames = {'a': [[0.9, 25.0, 50.0]]}
+  seconds = {'a': [[0.9, 1.0, 2.0]]}
+  at_25 = metrics.ap_ar_1d(frames, ground_truth, (0.5,), (1,), fps=25.0,
+                           official_quirks=False)
+  assert at_25 == metrics.ap_ar_1d(seconds, ground_truth, (0.5,), (1,),
+                                   official_quirks=False)
+  assert at_25['ap'][0.5] == pytest.approx(1.0)
+  assert metrics.ap_ar_1d(frames, ground_truth, (0.5,), (1,))['ar'][1] == 0.0
+  with pytest.raises(ValueError, match='fps'):
+    metrics.ap_ar_1d(frames, ground_truth, (0.5,), (1,), fps=0)
+
+
+def _unrolled_fold(xs):
+  """ndarray's `unrolled_fold` with `+`, transcribed loop by loop."""
+  acc = F32(0)
+  p = [F32(0)] * 8
+  while len(xs) >= 8:
+    p = [F32(p[i] + xs[i]) for i in range(8)]
+    xs = xs[8:]
+  for a, b in ((0, 4), (1, 5), (2, 6), (3, 7)):
+    acc = F32(acc + F32(p[a] + p[b]))
+  for x in xs[:7]:
+    acc = F32(acc + x)
+  return acc
+
+
+@pytest.mark.parametrize('n', [0, 1, 7, 8, 9, 23, 64, 1001])
+def test_rust_sum_order(n):
+  x = np.random.default_rng(n).random(n).astype(np.float32) * 1e3
+  want = _unrolled_fold(list(x))
+  assert metrics._rust_sum(x) == want
+  # Sparse form: zeros left out.
+  x[::3] = 0
+  nz = np.flatnonzero(x)
+  assert metrics._rust_sum(x[nz], nz, n) == _unrolled_fold(list(x))
+
+
+def test_sort_keys_give_the_stable_descending_order():
+  rng = np.random.default_rng(0)
+  scores = rng.choice(np.float32([-2, -0.5, -0.0, 0, 0.25, 1, 3e38, -1e-40]),
+                      500)
+  keys = metrics._sort_keys(scores)
+  want = np.argsort(-scores, kind='stable')  # -0.0 == 0.0, ties in order.
+  np.testing.assert_array_equal(np.argsort(keys), want)
+  assert metrics._sort_keys(np.float32([1, np.nan])) is None
+
+
+def test_ap_counts_ranks_across_videos_with_ties():
+  # Pooled in ground-truth order, stable by score: the 0.5 TP of 'b' ranks
+  # after the 0.5 FP of 'a'.
+  ground_truth = {'a': [[0, 1]], 'b': [[0, 1]]}
+  predictions = {'a': [[0.9, 0, 1], [0.5, 5, 6]], 'b': [[0.5, 0, 1]]}
+  res = metrics.ap_ar_1d(predictions, ground_truth, (0.5,), (1,))
+  # Ranks: TP (0.9), FP (0.5, a), TP (0.5, b): the step at rank 3 counts,
+  # with precision 2/3: AP = 0.5 * 2/3.
+  assert res['ap'][0.5] == pytest.approx(1 / 3)
 
 
 def test_video_accuracy():

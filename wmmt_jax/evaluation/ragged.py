@@ -81,7 +81,7 @@ class RaggedRows:
 
 
 def _as_rows(value, width, what, file):
-  """`value` as a float32 `[K, width]` array; None or empty gives `[0, width]`."""
+  """`value` as float32 `[K, width]`; None or empty gives `[0, width]`."""
   if value is None:
     return np.zeros((0, width), np.float32)
   try:
@@ -110,9 +110,10 @@ def gather(table, videos):
   """
   videos = np.asarray(videos, np.int64)
   present = videos >= 0
-  safe = np.where(present, videos, 0)
-  starts = table.offsets[safe]
-  lengths = np.where(present, table.offsets[safe + 1] - starts, 0)
+  starts = np.zeros(videos.size, np.int64)
+  lengths = np.zeros(videos.size, np.int64)
+  starts[present] = table.offsets[videos[present]]
+  lengths[present] = table.offsets[videos[present] + 1] - starts[present]
   if videos.size and present.all() and np.all(np.diff(videos) == 1):
     # Predictions written in metadata order: no copy.
     return table.rows[starts[0]:starts[0] + lengths.sum()], lengths
@@ -139,9 +140,11 @@ def check_rows(table, what, is_proposal):
     return
   start = rows[:, 1] if is_proposal else rows[:, 0]
   end = rows[:, 2] if is_proposal else rows[:, 1]
-  bad = ~np.isfinite(rows).all(axis=1) | (end < start)
-  if not bad.any():
+  # Cheap test first: a float64 sum of float32 values is finite exactly when
+  # every value is (it cannot overflow).
+  if np.isfinite(rows.sum(dtype=np.float64)) and not (end < start).any():
     return
+  bad = ~np.isfinite(rows).all(axis=1) | (end < start)
   r = int(np.argmax(bad))
   v = table.video_of_row(r)
   row = [float(x) for x in rows[r]]
