@@ -220,7 +220,7 @@ def test_train_errors(data):
   with pytest.raises(ValueError, match='dataset.layout'):
     pipeline.create_train_dataset(bad, train, root)
   bad = config.copy_and_resolve_references()
-  bad.dataset.name = 'lavdf'
+  bad.dataset.name = 'kinetics'
   with pytest.raises(ValueError, match='dataset.name'):
     pipeline.get_records(bad, '/tmp', 'train')
 
