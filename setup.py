@@ -27,6 +27,8 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8.0', 'chex>=0.1.90'],
+        # Only to read PyTorch .pth checkpoints (wmmt_jax.convert).
+        'torch': ['torch>=2.6'],
     },
     entry_points={'console_scripts': ['wmmt-eval = wmmt_jax.evaluate:run']},
 )

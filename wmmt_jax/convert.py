@@ -107,8 +107,8 @@ def mdp_params_from_torch(state_dict, model=None, source='the state_dict'):
   """MDP's PyTorch state_dict -> Flax variables of `model`.
 
   Args:
-    state_dict: mapping of MDP's parameter names to arrays (numpy, or
-      anything `np.asarray` takes: CPU torch tensors too).
+    state_dict: mapping of MDP's parameter names to arrays (numpy arrays
+      or torch tensors).
     model: the `MDP` whose shapes the arrays must have (default: MDP's
       widths).
     source: what `state_dict` came from, for error messages.
@@ -128,7 +128,7 @@ def mdp_params_from_torch(state_dict, model=None, source='the state_dict'):
   for key, path, layout in MDP_KEY_MAP:
     if key not in state_dict:
       continue
-    value = np.asarray(state_dict[key])
+    value = _to_numpy(state_dict[key])
     # The PyTorch shape is the Flax shape reversed, or the same.
     want = _get(abstract, path).shape
     want = want if layout == _SAME else want[::-1]
@@ -200,7 +200,7 @@ def load_state_dict(path):
     with open(path, 'rb') as f:
       try:
         obj = pickle.load(f)
-      except pickle.UnpicklingError as e:
+      except (pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f'{path}: neither a torch.save checkpoint nor a '
                          'pickle of numpy arrays.') from e
   if not isinstance(obj, collections.abc.Mapping):

@@ -110,7 +110,10 @@ class MDP(nn.Module):
       classes, MDP's second output), `video_logits` `[B, C]` (per class, the
       mean of the top `T // topk_ratio` CAS values), `video_scores` `[B, C]`
       (their softmax), `embeddings` `[B, T, head_dim]` (the head's embedding,
-      before dropout) and `dp_score` `[B]` (MDP's deviation logit).
+      before dropout) and `dp_score` `[B]` (MDP's deviation logit: the mean
+      of the top `T // topk_ratio` adjacent-frame mean squared differences of
+      the embeddings). With `T < topk_ratio` MDP's `k` is 0 (a NaN mean);
+      here it is 1.
     """
     for name, x, width in (('visual', visual, self.visual_dim),
                            ('audio', audio, self.audio_dim)):
