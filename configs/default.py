@@ -31,6 +31,16 @@ def get_config(arg=None):
   config.log_every_steps = 100
   # 0 = evaluate once at the end of training only.
   config.eval_every_steps = 0
+  # A step with a non-finite loss, gradient or update: False = stop the run,
+  # naming the step and the last good checkpoint (nothing bad is saved);
+  # True = keep the parameters and optimiser state of that step and count it
+  # in `train/skipped_steps`.
+  config.skip_nonfinite_updates = False
+  # A workdir whose config.json differs from this config in fields that
+  # change the training itself (anything outside RESUME_SAFE_KEYS in
+  # wmmt_jax/workdir.py) is refused; True resumes it anyway. The checkpoint's
+  # array shapes must match the model either way.
+  config.resume_allow_config_changes = False
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'synthetic'

@@ -29,6 +29,12 @@ def _positive(config, key, allow_zero=False):
     raise ValueError(f'{key}: expected a number {bound}, got {value!r}.')
 
 
+def _bool(config, key):
+  value = _get(config, key)
+  if not isinstance(value, bool):
+    raise ValueError(f'{key}: expected True or False, got {value!r}.')
+
+
 def validate(config, num_devices):
   """Raises ValueError naming the first config key with a bad value.
 
@@ -45,6 +51,8 @@ def validate(config, num_devices):
   for key in ('weight_decay', 'eval_every_steps', 'loss.weight_m',
               'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
     _positive(config, key, allow_zero=True)
+  for key in ('skip_nonfinite_updates', 'resume_allow_config_changes'):
+    _bool(config, key)
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise ValueError('model.dropout_rate: expected a value in [0, 1), got '
                      f'{config.model.dropout_rate!r}.')

@@ -2,10 +2,15 @@
 
   python -m wmmt_jax.main --config=configs/default.py --workdir=/tmp/wmmt \
       --config.total_steps=3000
+
+Exit status: 0 done; 1 a fault explained in one message (unusable workdir,
+non-finite values, unreadable input); 143 (= 128 + SIGTERM) preempted after
+saving the current step; running the same command again resumes.
 """
 
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -14,6 +19,8 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from wmmt_jax import errors
+from wmmt_jax import preemption
 from wmmt_jax import train
 
 FLAGS = flags.FLAGS
@@ -39,7 +46,16 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(preemption.EXIT_CODE)
+  except errors.RunError as e:
+    # The message says what and where; the traceback is for `-v 1`.
+    logging.debug('Traceback:', exc_info=True)
+    logging.error('%s', e)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -4,10 +4,23 @@ Data parallelism is `jax.jit` over a 1-D `('data',)` mesh of all devices: the
 batch is split on its first axis, the train state is replicated and XLA
 inserts the gradient all-reduce. Checkpoints are Orbax's; a workdir that holds
 one is resumed.
+
+Fault tolerance. A run killed at any moment and restarted from its workdir
+ends with the parameters of an uninterrupted run, bit for bit on CPU: the
+input order and the dropout keys are functions of `(seed, step)`, the
+checkpoint holds the whole train state, and Orbax commits a checkpoint
+atomically (a save cut short leaves a temporary directory that a restart
+ignores and removes). SIGTERM saves the current step and stops
+(`preemption.py`); a non-finite loss, gradient or state stops the run
+without saving it, or with `skip_nonfinite_updates` the step is skipped;
+start-up checks of the workdir (`workdir.py`) refuse an unwritable or full
+one, or one holding another run's checkpoint, before anything is written.
 """
 
-import json
+import contextlib
+import errno
 import os
+import re
 from typing import Any
 
 from absl import logging
@@ -23,8 +36,11 @@ import tensorflow as tf
 
 import input_pipeline
 from wmmt_jax import config_lib
+from wmmt_jax import errors
 from wmmt_jax import losses
 from wmmt_jax import parallel
+from wmmt_jax import preemption
+from wmmt_jax import workdir as workdir_lib
 from wmmt_jax.evaluation import inference
 from wmmt_jax.evaluation import results as results_lib
 from wmmt_jax.models import wmmt
@@ -32,10 +48,19 @@ from wmmt_jax.models import wmmt
 
 @flax.struct.dataclass
 class TrainState:
-  """The whole training state: a small pytree."""
+  """The whole training state: a small pytree.
+
+  Attributes:
+    step: steps taken, skipped ones included.
+    params: the model's parameters.
+    opt_state: the optimiser's state.
+    skipped_steps: steps whose non-finite update was dropped
+      (`skip_nonfinite_updates`); 0 otherwise.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
+  skipped_steps: jax.Array
 
 
 class TextFileWriter(metric_writers.LoggingWriter):
@@ -88,31 +113,67 @@ def _dummy_inputs(config):
           jnp.zeros((1, t, config.dataset.audio_dim)), jnp.ones((1, t)))
 
 
-def init_state(model, tx, config, mesh):
-  """Initialises the train state directly replicated over `mesh`.
-
-  Returns:
-    `(state, abstract_state)`; the abstract state carries the shardings that
-    a checkpoint restore needs.
-  """
+def _init_fn(model, tx, config):
   def init(rng):
     params = model.init({'params': rng}, *_dummy_inputs(config),
                         train=False)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params),
+                      skipped_steps=jnp.zeros((), jnp.int32))
+  return init, jax.random.fold_in(jax.random.key(config.seed), 0)
 
-  rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-  abstract = jax.eval_shape(init, rng)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, shardings)
-  return state, abstract
+
+def abstract_train_state(model, tx, config, mesh):
+  """The train state's `ShapeDtypeStruct`s, replicated over `mesh`.
+
+  Computes nothing (`jax.eval_shape`); the shardings are what a checkpoint
+  restore needs.
+  """
+  init, rng = _init_fn(model, tx, config)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=parallel.replicated(mesh)),
+      jax.eval_shape(init, rng))
+
+
+def init_state(model, tx, config, mesh, abstract_state=None):
+  """Initialises the train state directly replicated over `mesh`.
+
+  Args:
+    model: the WMMT module.
+    tx: the optimiser.
+    config: the run's config.
+    mesh: the data mesh.
+    abstract_state: `abstract_train_state(...)`, if already at hand (saves
+      tracing the model once more).
+
+  Returns:
+    `(state, abstract_state)`; see `abstract_train_state`.
+  """
+  if abstract_state is None:
+    abstract_state = abstract_train_state(model, tx, config, mesh)
+  init, rng = _init_fn(model, tx, config)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+  return jax.jit(init, out_shardings=shardings)(rng), abstract_state
+
+
+def _all_finite(tree):
+  """Scalar bool: every floating-point leaf of `tree` is finite."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 def make_train_step(model, tx, config):
-  """The (unjitted) train step `(state, batch) -> (state, metrics)`."""
+  """The (unjitted) train step `(state, batch) -> (state, metrics)`.
+
+  With `config.skip_nonfinite_updates`, a step whose loss or gradient norm
+  is not finite (an overflowing sum of squares counts too) keeps the old
+  parameters and optimiser state and counts itself in `skipped_steps`; the
+  metrics then carry `update_skipped` (0 or 1) and the running
+  `skipped_steps`. A finite update that still overflows a parameter is
+  caught before the next save (`_save_checkpoint`).
+  """
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def train_step(state, batch):
@@ -125,13 +186,26 @@ def make_train_step(model, tx, config):
       return losses.total_loss(outputs, batch['label'], batch['mask'],
                                config.loss)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.global_norm(grads)
+    skipped_steps = state.skipped_steps
+    if config.skip_nonfinite_updates:
+      # A select inside the step rather than a host-side check: no per-step
+      # device sync. The step still counts, so the input order and dropout
+      # keys stay functions of the step.
+      ok = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
+      params, opt_state = jax.tree.map(
+          lambda new, old: jnp.where(ok, new, old), (params, opt_state),
+          (state.params, state.opt_state))
+      skipped_steps = skipped_steps + (~ok).astype(jnp.int32)
+      metrics['update_skipped'] = (~ok).astype(jnp.float32)
+      metrics['skipped_steps'] = skipped_steps
     return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state), metrics
+                         opt_state=opt_state,
+                         skipped_steps=skipped_steps), metrics
 
   return train_step
 
@@ -145,26 +219,161 @@ def jit_train_step(train_step, mesh, state_shardings):
 
 
 def checkpoint_manager(workdir, config):
-  """Orbax manager under `{workdir}/checkpoints`, keeping the last K."""
+  """Orbax manager under `{workdir}/checkpoints`, keeping the last K.
+
+  Saves are asynchronous and committed atomically: a save cut short leaves a
+  temporary directory that `latest_step` ignores and that the manager
+  removes when it starts (so create it only after `workdir_lib.check`: a
+  refused start deletes nothing).
+  """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                               options=options)
+      max_to_keep=config.keep_checkpoints, create=True,
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(
+      os.path.join(workdir, workdir_lib.CHECKPOINT_SUBDIR), options=options)
 
 
-def _check_finite(metrics, step, last_checkpoint):
-  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
-  if bad:
-    where = (f'the last good checkpoint is step {last_checkpoint}'
-             if last_checkpoint is not None else 'no checkpoint was written')
-    raise FloatingPointError(
-        f'Non-finite {", ".join(bad)} at or before step {step}; stopping '
-        f'without saving, {where}.')
+def _last_good(last_checkpoint, checkpoint_dir):
+  if last_checkpoint is None:
+    return 'No checkpoint was written yet'
+  return (f'The last good checkpoint is step {last_checkpoint} '
+          f'({checkpoint_dir}/{last_checkpoint}); the same command resumes '
+          'from it')
+
+
+def _nonfinite_error(what, step, last_checkpoint, checkpoint_dir):
+  return errors.NonFiniteError(
+      f'{what} at step {step}; stopped without saving it. '
+      f'{_last_good(last_checkpoint, checkpoint_dir)}. Fix the cause first '
+      '(e.g. a lower learning_rate, with '
+      '--config.resume_allow_config_changes=True), or set '
+      '--config.skip_nonfinite_updates=True to skip such steps.')
+
+
+def _check_finite(history, first_step, last_checkpoint, checkpoint_dir):
+  """Raises NonFiniteError naming the first step with a non-finite metric.
+
+  Args:
+    history: per-step host metrics of steps `first_step, first_step + 1...`.
+    first_step: the step of `history[0]`.
+    last_checkpoint: the newest good checkpoint's step, or None.
+    checkpoint_dir: where it is.
+
+  Steps whose update was skipped (`update_skipped`) are not faults.
+  """
+  for step, metrics in enumerate(history, first_step):
+    if metrics.get('update_skipped', 0):
+      continue
+    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+    if bad:
+      values = ', '.join(f'{k}={float(metrics[k])}' for k in bad)
+      raise _nonfinite_error(f'Non-finite {values}', step, last_checkpoint,
+                             checkpoint_dir)
+
+
+def _summarize(history):
+  """Means over the steps whose update was applied, and the skip count."""
+  kept = [m for m in history if not m.get('update_skipped', 0)]
+  summary = {}
+  if kept:
+    summary = {k: np.mean([m[k] for m in kept]) for k in kept[0]
+               if k not in ('update_skipped', 'skipped_steps')}
+  if 'skipped_steps' in history[-1]:
+    summary['skipped_steps'] = history[-1]['skipped_steps']
+  return summary
+
+
+_all_finite_jit = jax.jit(_all_finite)
+
+
+def _is_disk_full(e):
+  while e is not None:
+    if ((isinstance(e, OSError) and e.errno == errno.ENOSPC) or
+        'No space left on device' in str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _save_error(e, checkpoint_dir, what):
+  """WorkdirError for a failed save, naming the newest complete checkpoint."""
+  reason = 'the disk is full' if _is_disk_full(e) else 'the write failed'
+  steps = workdir_lib.complete_steps(checkpoint_dir)
+  newest = (f'The newest complete checkpoint is step {steps[-1]}'
+            if steps else 'No complete checkpoint exists yet')
+  return errors.WorkdirError(
+      f'{what} in {checkpoint_dir} failed: {reason} ({type(e).__name__}: '
+      f'{e}). {newest}; free space (or fix the directory) and run the same '
+      'command again to resume from it.')
+
+
+def _save_checkpoint(mngr, step, state, last_checkpoint):
+  """Saves `state` as `step`, unless a value in it is not finite.
+
+  The metrics of the steps before were checked already; this catches a
+  finite gradient that still made a parameter overflow.
+  """
+  checkpoint_dir = str(mngr.directory)
+  finite = _all_finite_jit(state)
+  if not bool(np.asarray(finite.addressable_data(0))):
+    raise _nonfinite_error('Non-finite parameters or optimiser state', step,
+                           last_checkpoint, checkpoint_dir)
+  try:
+    # Also raises the error of an earlier asynchronous save.
+    mngr.save(step, args=ocp.args.StandardSave(state))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(e, checkpoint_dir,
+                      f'Saving checkpoint step {step} (or an earlier one)'
+                     ) from e
+
+
+def _wait_for_saves(mngr, step):
+  """Waits for the asynchronous saves; a failure becomes a WorkdirError."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(e, str(mngr.directory),
+                      f'Saving checkpoint step {step}') from e
+
+
+def _restore(mngr, step, abstract_state):
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.WorkdirError(
+        f'Restoring checkpoint step {step} from {mngr.directory} failed '
+        f'({type(e).__name__}: {e}). Use another --workdir, or move that '
+        'step directory aside to resume from the one before it.') from e
+
+
+def _input_error(e, what):
+  """InputDataError from a tf.data error raised inside a numpy function.
+
+  tf.data wraps the Python error (which names the file) between the op's
+  name and the Python traceback; the message keeps the error line only.
+  """
+  message = re.sub(r'^\{\{[^}]*\}\}\s*', '', e.message).strip()
+  message = message.splitlines()[0] if message else type(e).__name__
+  return errors.InputDataError(f'{what} failed: {message}')
+
+
+def _next_batch(train_iter, step):
+  try:
+    return next(train_iter)
+  except tf.errors.OpError as e:
+    raise _input_error(e, f'Reading the training batch of step {step}') from e
+
+
+def _evaluate(evaluator, params):
+  try:
+    return evaluator.evaluate(params)
+  except tf.errors.OpError as e:
+    raise _input_error(e, 'Reading the evaluation data') from e
 
 
 def _save_config(config, workdir):
-  path = os.path.join(workdir, 'config.json')
-  results_lib.write_json_atomic(path, json.loads(config.to_json_best_effort()))
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  results_lib.write_json_atomic(path, workdir_lib.config_as_json(config))
 
 
 def train_and_evaluate(config, workdir):
@@ -173,10 +382,16 @@ def train_and_evaluate(config, workdir):
   Args:
     config: the run's ConfigDict (see configs/default.py).
     workdir: where checkpoints, logs, `predictions.json` and `results.json`
-      go; a workdir holding a checkpoint is resumed from it.
+      go; a workdir holding a checkpoint is resumed from its newest complete
+      one.
 
   Returns:
     The results dict (`ap`, `ar`, `video_accuracy`, `auc`, ...).
+
+  Raises:
+    errors.RunError: a fault explained by its message (unusable workdir,
+      non-finite values, unreadable input).
+    preemption.Preempted: SIGTERM; the current step was saved.
   """
   config_lib.validate(config, jax.device_count())
   # Orbax needs absolute local paths (`--workdir=workdirs/x` is common);
@@ -184,33 +399,38 @@ def train_and_evaluate(config, workdir):
   if '://' not in workdir:
     workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
-  tf.io.gfile.makedirs(workdir)
+  mesh = parallel.make_mesh()
+  model = create_model(config)
+  tx = create_optimizer(config)
+  abstract_state = abstract_train_state(model, tx, config, mesh)
+  # Before anything is written, so that a refused workdir stays as it was.
+  last_checkpoint = workdir_lib.check(workdir, config, abstract_state)
   if is_chief:
     _save_config(config, workdir)
-  mesh = parallel.make_mesh()
 
   records, root = input_pipeline.get_records(config, workdir,
                                              config.dataset.train_split)
   eval_records, _ = input_pipeline.get_records(config, workdir,
                                                config.dataset.eval_split)
-  model = create_model(config)
-  tx = create_optimizer(config)
-  state, abstract_state = init_state(model, tx, config, mesh)
-  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-
+  checkpoint_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_SUBDIR)
+  incomplete = workdir_lib.incomplete_checkpoints(checkpoint_dir)
+  if incomplete:
+    logging.warning('Removing %d incomplete checkpoint(s) of interrupted '
+                    'saves: %s.', len(incomplete), ', '.join(incomplete))
   mngr = checkpoint_manager(workdir, config)
-  last_checkpoint = mngr.latest_step()
   if last_checkpoint is not None:
     logging.info('Resuming from checkpoint step %d in %s.', last_checkpoint,
                  workdir)
-    state = mngr.restore(last_checkpoint,
-                         args=ocp.args.StandardRestore(abstract_state))
+    state = _restore(mngr, last_checkpoint, abstract_state)
+  else:
+    state, _ = init_state(model, tx, config, mesh, abstract_state)
   initial_step = int(jax.device_get(state.step))
 
   writer = create_writer(workdir, is_chief)
   if initial_step == 0:
     writer.write_hparams(dict(config.to_dict(), workdir=workdir))
 
+  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   train_step = jit_train_step(make_train_step(model, tx, config), mesh,
                               state_shardings)
   train_ds = input_pipeline.create_train_dataset(
@@ -221,32 +441,56 @@ def train_and_evaluate(config, workdir):
       num_train_steps=config.total_steps, writer=writer)
   evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
 
-  pending = []
-  for step in range(initial_step + 1, config.total_steps + 1):
-    batch = parallel.to_global(next(train_iter), mesh)
-    state, metrics = train_step(state, batch)
-    pending.append(metrics)
-    report(step)
-    save = (step % config.checkpoint_every_steps == 0 or
-            step == config.total_steps)
-    if step % config.log_every_steps == 0 or save:
-      summary = jax.tree.map(lambda *x: np.mean(np.stack(x)),
-                             *jax.device_get(pending))
-      pending = []
-      # Checked before any save, so a bad state never replaces a good one.
-      _check_finite(summary, step, last_checkpoint)
-      writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
-    if save:
-      mngr.save(step, args=ocp.args.StandardSave(state))
-      last_checkpoint = step
-    if (config.eval_every_steps and step % config.eval_every_steps == 0 and
-        step < config.total_steps):
-      writer.write_scalars(
-          step, inference.flat_scalars(evaluator.evaluate(state.params)))
-  mngr.wait_until_finished()
+  history = []
+  try:
+    with preemption.PreemptionWatcher(mngr) as watcher:
+      for step in range(initial_step + 1, config.total_steps + 1):
+        batch = parallel.to_global(_next_batch(train_iter, step), mesh)
+        state, metrics = train_step(state, batch)
+        history.append(metrics)
+        report(step)
+        preempted = watcher.reached(step)
+        save = (step % config.checkpoint_every_steps == 0 or
+                step == config.total_steps or preempted)
+        if step % config.log_every_steps == 0 or save:
+          # The only host syncs of the loop: at log and save steps.
+          host = jax.device_get(history)
+          history = []
+          # Checked before any save, so a bad state never replaces a good one.
+          _check_finite(host, step - len(host) + 1, last_checkpoint,
+                        checkpoint_dir)
+          summary = _summarize(host)
+          skipped = int(sum(m.get('update_skipped', 0) for m in host))
+          if skipped:
+            logging.warning(
+                'Skipped %d non-finite update(s) in steps %d-%d; %d so far.',
+                skipped, step - len(host) + 1, step,
+                summary['skipped_steps'])
+          writer.write_scalars(
+              step, {f'train/{k}': v for k, v in summary.items()})
+        if save:
+          _save_checkpoint(mngr, step, state, last_checkpoint)
+          last_checkpoint = step
+        if preempted:
+          _wait_for_saves(mngr, step)
+          raise preemption.Preempted(step, checkpoint_dir)
+        if (config.eval_every_steps and step % config.eval_every_steps == 0
+            and step < config.total_steps):
+          writer.write_scalars(step, inference.flat_scalars(
+              _evaluate(evaluator, state.params)))
+    _wait_for_saves(mngr, last_checkpoint)
+  except BaseException:
+    # Let saves of good states already under way finish, so the checkpoint
+    # an error message names is complete (a failing one reported itself).
+    with contextlib.suppress(Exception):
+      mngr.wait_until_finished()
+    with contextlib.suppress(Exception):
+      mngr.close()
+    writer.flush()
+    raise
   mngr.close()
 
-  results = evaluator.evaluate(state.params)
+  results = _evaluate(evaluator, state.params)
   results['step'] = int(jax.device_get(state.step))
   writer.write_scalars(results['step'], inference.flat_scalars(results))
   writer.flush()
