@@ -143,6 +143,15 @@ def _entry_error(entry) -> str:
           'video.')
 
 
+def _read_bytes(path: str, kind: str) -> bytes:
+  """The whole file through tf.io.gfile; a missing one names `path`."""
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      return f.read()
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(f'{path}: {kind} file not found.') from e
+
+
 def read_lavdf_metadata(
     path: str, splits: Optional[Sequence[str]] = None) -> list[VideoRecord]:
   """Reads a LAV-DF `metadata.json` (DESIGN.md section 4).
@@ -161,11 +170,7 @@ def read_lavdf_metadata(
       the message names the file, the entry index, the key and what was
       expected.
   """
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      text = f.read()
-  except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'{path}: metadata file not found.') from e
+  text = _read_bytes(path, 'metadata')
   try:
     entries = json.loads(text)
   except json.JSONDecodeError as e:
@@ -244,11 +249,7 @@ def feature_paths(root: str, layout: str, split: str,
 
 
 def _read_npy(path: str) -> np.ndarray:
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      data = f.read()
-  except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'{path}: feature file not found.') from e
+  data = _read_bytes(path, 'feature')
   try:
     # One read and an in-memory parse: cheap locally, one request on GCS.
     return np.load(io.BytesIO(data), allow_pickle=False)
