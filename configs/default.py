@@ -50,6 +50,11 @@ def get_config(arg=None):
   config.dataset.layout = 'mdp'
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
+  # Videos of some classes only (input_pipeline.pipeline.SUBSETS): 'all',
+  # 'real_and_both' / 'both_modified' (MDP's train / eval protocol) or
+  # 'visual_only' (audio-only forgeries left out).
+  config.dataset.train_subset = 'all'
+  config.dataset.eval_subset = 'all'
   # Training length T: longer videos are cropped (or binned), shorter padded.
   config.dataset.num_frames = 128
   # 'crop': a random window of T frames; 'bins': MDP's one random frame per bin.
@@ -87,7 +92,13 @@ def get_config(arg=None):
   config.dataset.synthetic.deviation_factor = 3.0
 
   config.model = ml_collections.ConfigDict()
+  # 'wmmt' (the paper) or 'mdp' (its predecessor, wmmt_jax/models/mdp.py,
+  # trained with MDP's loss; configs/mdp_lavdf.py). MDP reads embed_dim,
+  # qkv_dim, head_dim, dropout_rate, topk_ratio, dtype and the two below.
   config.model.name = 'wmmt'
+  # MDP only: the visual features are averaged down to this width (MDP:
+  # 2048 -> 1024); must divide dataset.visual_dim.
+  config.model.pooled_visual_dim = 32
   # Width of the conv embedding of each modality (MDP: 512).
   config.model.embed_dim = 64
   # Width of TPPA's Q, K, V (MDP: 1024).
@@ -147,6 +158,23 @@ def get_config(arg=None):
   config.eval.expert_selection = True
   # Sec. III-F: a video that c_m calls real gets no proposals.
   config.eval.real_has_no_proposals = True
+  # Each video's proposal list: 'score' (best first, the challenge format)
+  # or 'temporal' (MDP's lists, in time order; AP matching follows it).
+  config.eval.proposal_order = 'score'
+  # AR's proposal order and ground truth: 'listed' and False score as the
+  # official evaluator; MDP's evaluator takes proposals in 'temporal' order
+  # and drops the ground truth of videos without proposals (True).
+  config.eval.ar_order = 'listed'
+  config.eval.drop_gt_without_proposals = False
+  # '' = report the last step. A metric of the results table ('ap@0.75',
+  # 'map', 'mean_ar', 'ar@20', 'video_accuracy', 'auc', ...) = keep the
+  # parameters of the best evaluation (every eval_every_steps and at the end)
+  # in {workdir}/best and report those, as MDP picks by AP@0.75.
+  config.eval.best_metric = ''
+  # An Orbax checkpoint of model variables ({'params': ...}, e.g. written by
+  # `python -m wmmt_jax.convert mdp`): evaluate it and write results.json
+  # without training. '' = train.
+  config.eval.checkpoint = ''
 
   if arg == 'tiny':
     # Seconds-scale runs for tests and smoke checks.
@@ -165,6 +193,7 @@ def get_config(arg=None):
     config.model.embed_dim = 8
     config.model.qkv_dim = 8
     config.model.head_dim = 8
+    config.model.pooled_visual_dim = 4
     config.eval.batch_size = 4
   elif arg == 'real_widths':
     config.dataset.visual_dim = 2048
@@ -172,6 +201,7 @@ def get_config(arg=None):
     config.model.embed_dim = 512
     config.model.qkv_dim = 1024
     config.model.head_dim = 1024
+    config.model.pooled_visual_dim = 1024
   elif arg:
     raise ValueError(f"configs/default.py: unknown config arg {arg!r}; "
                      "expected '', 'tiny' or 'real_widths'.")

@@ -11,3 +11,4 @@ from input_pipeline.formats import VideoRecord
 from input_pipeline.pipeline import create_eval_dataset
 from input_pipeline.pipeline import create_train_dataset
 from input_pipeline.pipeline import get_records
+from input_pipeline.pipeline import SUBSETS

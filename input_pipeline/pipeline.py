@@ -89,13 +89,48 @@ _EXIT_GUARD = _ExitGuard()
 atexit.register(_EXIT_GUARD.drain)
 
 
+# Named subsets of a split, by video class (`dataset.train_subset`,
+# `dataset.eval_subset`).
+SUBSETS = {
+    'all': (formats.LABEL_REAL, formats.LABEL_BOTH, formats.LABEL_VISUAL,
+            formats.LABEL_AUDIO),
+    # MDP's protocol: train on real and both-modified videos...
+    'real_and_both': (formats.LABEL_REAL, formats.LABEL_BOTH),
+    # ... and evaluate on the both-modified ones of LAV-DF dev.
+    'both_modified': (formats.LABEL_BOTH,),
+    # For visual-only methods: audio-only forgeries left out.
+    'visual_only': (formats.LABEL_REAL, formats.LABEL_BOTH,
+                    formats.LABEL_VISUAL),
+}
+
+
+def select_subset(records: Sequence[formats.VideoRecord], subset: str,
+                  key: str = 'subset') -> list[formats.VideoRecord]:
+  """The records whose class belongs to the named subset, in order.
+
+  Args:
+    records: the records of a split.
+    subset: a key of `SUBSETS`.
+    key: the config key named in errors.
+  """
+  if subset not in SUBSETS:
+    raise ValueError(f'{key}: unknown subset {subset!r}; expected one of '
+                     f'{tuple(SUBSETS)}.')
+  labels = SUBSETS[subset]
+  return [r for r in records if r.label in labels]
+
+
 def get_records(config: ml_collections.ConfigDict, workdir: str,
-                split: str) -> tuple[list[formats.VideoRecord], str]:
+                split: str, subset: str = 'all',
+                subset_key: str = 'subset',
+               ) -> tuple[list[formats.VideoRecord], str]:
   """The records of one split and the dataset root their features live in.
 
   For `dataset.name == 'synthetic'` the dataset is written on first use under
   `dataset.root` (or `{workdir}/data` if empty); for 'lavdf', `dataset.root`
   holds LAV-DF's `metadata.json` and the features in `dataset.layout`.
+  `subset` (a key of `SUBSETS`) keeps the videos of some classes only;
+  `subset_key` is the config key that named it, for errors.
   """
   name = config.dataset.name
   if name == 'synthetic':
@@ -115,7 +150,12 @@ def get_records(config: ml_collections.ConfigDict, workdir: str,
   if not records:
     raise ValueError(f'{root}/metadata.json: no entries with split '
                      f'{split!r} (dataset.train_split / dataset.eval_split).')
-  return records, root
+  selected = select_subset(records, subset, subset_key)
+  if not selected:
+    raise ValueError(f'{subset_key}={subset!r}: none of the {len(records)} '
+                     f'videos of split {split!r} in {root}/metadata.json '
+                     'belongs to it.')
+  return selected, root
 
 
 def _per_process(global_size: int, process_index: int, process_count: int,

@@ -1,6 +1,8 @@
 """Start-up validation of a config: a bad value stops before any work."""
 
+import input_pipeline
 from wmmt_jax import losses
+from wmmt_jax.evaluation import inference
 from wmmt_jax.models import heads
 from wmmt_jax.models import tppa
 from wmmt_jax.models import wmmt
@@ -51,7 +53,8 @@ def validate(config, num_devices):
   for key in ('weight_decay', 'eval_every_steps', 'loss.weight_m',
               'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
     _positive(config, key, allow_zero=True)
-  for key in ('skip_nonfinite_updates', 'resume_allow_config_changes'):
+  for key in ('skip_nonfinite_updates', 'resume_allow_config_changes',
+              'eval.drop_gt_without_proposals'):
     _bool(config, key)
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise ValueError('model.dropout_rate: expected a value in [0, 1), got '
@@ -62,6 +65,18 @@ def validate(config, num_devices):
       raise ValueError(
           f'{key}={value} does not divide over the {num_devices} devices; '
           f'use a multiple of {num_devices}.')
+  _choice(config, 'model.name', ('wmmt', 'mdp'))
+  if config.model.name == 'mdp':
+    _positive(config, 'model.pooled_visual_dim')
+    if config.dataset.visual_dim % config.model.pooled_visual_dim:
+      raise ValueError(
+          f'model.pooled_visual_dim={config.model.pooled_visual_dim} must '
+          f'divide dataset.visual_dim={config.dataset.visual_dim} (MDP '
+          'averages groups of adjacent visual channels).')
+  _choice(config, 'dataset.train_subset', input_pipeline.SUBSETS)
+  _choice(config, 'dataset.eval_subset', input_pipeline.SUBSETS)
+  _choice(config, 'eval.proposal_order', ('score', 'temporal'))
+  _choice(config, 'eval.ar_order', ('listed', 'temporal'))
   _choice(config, 'model.tppa_norm', tppa.TPPA_NORMS)
   _choice(config, 'model.tppa_scale', ('key_input', 'qkv'))
   _choice(config, 'model.fusion', wmmt.FUSIONS)
@@ -72,6 +87,12 @@ def validate(config, num_devices):
   _choice(config, 'loss.dp_reduction', losses.DP_REDUCTIONS)
   _choice(config, 'loss.dp_input', losses.DP_INPUTS)
   _choice(config, 'eval.protocol', _PROTOCOLS)
+  if config.eval.best_metric:
+    _choice(config, 'eval.best_metric',
+            inference.metric_names(config.eval.protocol))
+  if not isinstance(config.eval.checkpoint, str):
+    raise ValueError('eval.checkpoint: expected a checkpoint path or "", got '
+                     f'{config.eval.checkpoint!r}.')
   _choice(config, 'eval.proposal_method', ('mdp', 'multi_threshold'))
   _choice(config, 'dataset.train_sampling', ('crop', 'bins'))
   _choice(config, 'dataset.audio_align', ('avg_pool', 'linear'))

@@ -26,6 +26,7 @@ from typing import Any
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,11 @@ from wmmt_jax import preemption
 from wmmt_jax import workdir as workdir_lib
 from wmmt_jax.evaluation import inference
 from wmmt_jax.evaluation import results as results_lib
+from wmmt_jax.models import mdp
 from wmmt_jax.models import wmmt
+
+# The best evaluation's parameters (`config.eval.best_metric`).
+BEST_SUBDIR = 'best'
 
 
 @flax.struct.dataclass
@@ -87,8 +92,15 @@ def create_writer(workdir, is_chief):
 
 
 def create_model(config):
-  """The WMMT module for `config.model`."""
+  """The module `config.model.name` names: WMMT, or MDP at MDP's layout."""
   m = config.model
+  if m.name == 'mdp':
+    return mdp.MDP(
+        visual_dim=config.dataset.visual_dim,
+        audio_dim=config.dataset.audio_dim,
+        pooled_visual_dim=m.pooled_visual_dim, embed_dim=m.embed_dim,
+        qkv_dim=m.qkv_dim, head_dim=m.head_dim, dropout_rate=m.dropout_rate,
+        topk_ratio=m.topk_ratio, dtype=jnp.dtype(m.dtype))
   return wmmt.WMMT(
       embed_dim=m.embed_dim, qkv_dim=m.qkv_dim, head_dim=m.head_dim,
       tppa_norm=m.tppa_norm, tppa_scale=m.tppa_scale,
@@ -105,6 +117,18 @@ def create_optimizer(config):
       optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
                           eps=config.adam_eps),
       optax.scale_by_learning_rate(config.learning_rate))
+
+
+def compute_loss(config, outputs, batch):
+  """`(loss, metrics)` of the model's outputs on a batch.
+
+  WMMT: Eq. 15 (`losses.total_loss`). MDP: its own loss (`mdp.mdp_loss`),
+  MSE on the video scores plus `loss.weight_dp` x its DP loss.
+  """
+  if config.model.name == 'mdp':
+    return mdp.mdp_loss(outputs, batch['label'], config.loss.weight_dp)
+  return losses.total_loss(outputs, batch['label'], batch['mask'],
+                           config.loss)
 
 
 def _dummy_inputs(config):
@@ -183,8 +207,7 @@ def make_train_step(model, tx, config):
       outputs = model.apply({'params': params}, batch['visual'],
                             batch['audio'], batch['mask'], train=True,
                             rngs={'dropout': rng})
-      return losses.total_loss(outputs, batch['label'], batch['mask'],
-                               config.loss)
+      return compute_loss(config, outputs, batch)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -371,6 +394,154 @@ def _evaluate(evaluator, params):
     raise _input_error(e, 'Reading the evaluation data') from e
 
 
+def best_manager(workdir, config):
+  """Orbax manager of the best evaluation's parameters, `{workdir}/best`.
+
+  It keeps one checkpoint: the parameters whose evaluation scored highest in
+  `config.eval.best_metric` (the metrics are saved with them, so a resumed
+  run keeps comparing against the best so far).
+  """
+  metric = config.eval.best_metric
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, best_fn=lambda metrics: metrics[metric],
+      best_mode='max', create=True, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.join(workdir, BEST_SUBDIR),
+                               options=options)
+
+
+def _save_best(mngr, step, params, results):
+  """Offers the parameters of an evaluation at `step` to the best manager."""
+  if step in mngr.all_steps():
+    return  # Evaluated before a restart; the same parameters.
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(params),
+              metrics=inference.flat_scalars(results, prefix=''))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _save_error(e, str(mngr.directory),
+                      f'Saving the evaluated parameters of step {step}') from e
+
+
+def _pick_best(mngr, evaluator, results, abstract_params, metric):
+  """The results of the best evaluation, re-evaluated from its parameters.
+
+  Args:
+    mngr: `best_manager`, holding the final step's parameters too.
+    evaluator: the run's evaluator.
+    results: the final step's results.
+    abstract_params: the parameters' `ShapeDtypeStruct`s.
+    metric: `config.eval.best_metric`.
+
+  Returns:
+    `(results, step)`: the best step's results (with the final step's
+    metrics under `last_step` when it is another step) and that step.
+  """
+  _wait_for_saves(mngr, results['step'])
+  best_step = mngr.best_step()
+  if best_step is None or best_step == results['step']:
+    return dict(results, best_metric=metric), results['step']
+  logging.info('Reporting step %d, the best by %s; the last step is %d.',
+               best_step, metric, results['step'])
+  params = _restore(mngr, best_step, abstract_params)
+  last = dict(inference.flat_scalars(results, prefix=''),
+              step=results['step'])
+  best = _evaluate(evaluator, params)
+  best.update(step=best_step, best_metric=metric, last_step=last)
+  return best, best_step
+
+
+def _write_results(workdir, evaluator, results, writer, is_chief):
+  """Logs the results; process 0 writes them and the predictions."""
+  writer.write_scalars(results['step'], inference.flat_scalars(results))
+  writer.flush()
+  if is_chief:
+    results_lib.write_json_atomic(
+        os.path.join(workdir, 'predictions.json'),
+        results_lib.predictions_to_json(evaluator.last_predictions))
+    results_lib.write_json_atomic(os.path.join(workdir, 'results.json'),
+                                  results_lib.results_to_jsonable(results))
+    print(results_lib.format_results_table(results), flush=True)
+
+
+def _abstract_variables(model, config, mesh):
+  """`{'params': ...}` `ShapeDtypeStruct`s of `model`, replicated."""
+  def init(rng):
+    return {'params': model.init({'params': rng}, *_dummy_inputs(config),
+                                 train=False)['params']}
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=parallel.replicated(mesh)),
+      jax.eval_shape(init, jax.random.key(0)))
+
+
+def restore_variables(path, abstract_variables, config):
+  """Restores model variables (`convert mdp`'s checkpoints) for evaluation.
+
+  Raises:
+    errors.WorkdirError: `path` is not an Orbax checkpoint, or its arrays
+      differ from the model's (each difference named).
+  """
+  path = path if '://' in path else os.path.abspath(path)
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(path))
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.WorkdirError(
+        f'eval.checkpoint={path}: not a readable Orbax checkpoint of model '
+        f'variables ({type(e).__name__}: {e}); write one with `python -m '
+        'wmmt_jax.convert mdp --torch-checkpoint F --out DIR`.') from e
+  finally:
+    handler.close()
+  differences = workdir_lib.array_differences(
+      workdir_lib.array_specs(metadata),
+      workdir_lib.array_specs(abstract_variables))
+  if differences:
+    raise errors.WorkdirError(
+        f'eval.checkpoint={path} does not fit model.name='
+        f'{config.model.name!r} with dataset.visual_dim='
+        f'{config.dataset.visual_dim}, dataset.audio_dim='
+        f'{config.dataset.audio_dim} and the model widths of this config: '
+        + '; '.join(differences[:8]) +
+        (f'; and {len(differences) - 8} more' if len(differences) > 8 else '')
+        + '.')
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    return checkpointer.restore(path, abstract_variables)
+  finally:
+    checkpointer.close()
+
+
+def evaluate_checkpoint(config, workdir):
+  """Evaluates the variables in `config.eval.checkpoint`; no training.
+
+  Writes `predictions.json`, `results.json` and the logs to `workdir`, as
+  the end of `train_and_evaluate` does.
+
+  Returns:
+    The results dict, with the checkpoint's path under `checkpoint`.
+  """
+  config_lib.validate(config, jax.device_count())
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
+  is_chief = jax.process_index() == 0
+  workdir_lib.check_writable(workdir)
+  mesh = parallel.make_mesh()
+  model = create_model(config)
+  variables = restore_variables(config.eval.checkpoint,
+                                _abstract_variables(model, config, mesh),
+                                config)
+  if is_chief:
+    _save_config(config, workdir)
+  eval_records, root = input_pipeline.get_records(
+      config, workdir, config.dataset.eval_split, config.dataset.eval_subset,
+      'dataset.eval_subset')
+  evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
+  results = _evaluate(evaluator, variables['params'])
+  results.update(step=0, checkpoint=config.eval.checkpoint)
+  _write_results(workdir, evaluator, results, create_writer(workdir, is_chief),
+                 is_chief)
+  return results
+
+
 def _save_config(config, workdir):
   path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   results_lib.write_json_atomic(path, workdir_lib.config_as_json(config))
@@ -385,14 +556,21 @@ def train_and_evaluate(config, workdir):
       go; a workdir holding a checkpoint is resumed from its newest complete
       one.
 
+  With `config.eval.checkpoint` set, nothing is trained: that checkpoint is
+  evaluated (`evaluate_checkpoint`). With `config.eval.best_metric` set, the
+  results (and predictions) are those of the evaluation that scored best in
+  it, as MDP picks its checkpoint by AP@0.75.
+
   Returns:
-    The results dict (`ap`, `ar`, `video_accuracy`, `auc`, ...).
+    The results dict (`ap`, `ar`, `video_accuracy`, `auc`, `step`, ...).
 
   Raises:
     errors.RunError: a fault explained by its message (unusable workdir,
       non-finite values, unreadable input).
     preemption.Preempted: SIGTERM; the current step was saved.
   """
+  if config.eval.checkpoint:
+    return evaluate_checkpoint(config, workdir)
   config_lib.validate(config, jax.device_count())
   # Orbax needs absolute local paths (`--workdir=workdirs/x` is common);
   # URLs such as gs:// stay as they are.
@@ -408,16 +586,19 @@ def train_and_evaluate(config, workdir):
   if is_chief:
     _save_config(config, workdir)
 
-  records, root = input_pipeline.get_records(config, workdir,
-                                             config.dataset.train_split)
-  eval_records, _ = input_pipeline.get_records(config, workdir,
-                                               config.dataset.eval_split)
+  records, root = input_pipeline.get_records(
+      config, workdir, config.dataset.train_split,
+      config.dataset.train_subset, 'dataset.train_subset')
+  eval_records, _ = input_pipeline.get_records(
+      config, workdir, config.dataset.eval_split, config.dataset.eval_subset,
+      'dataset.eval_subset')
   checkpoint_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_SUBDIR)
   incomplete = workdir_lib.incomplete_checkpoints(checkpoint_dir)
   if incomplete:
     logging.warning('Removing %d incomplete checkpoint(s) of interrupted '
                     'saves: %s.', len(incomplete), ', '.join(incomplete))
   mngr = checkpoint_manager(workdir, config)
+  best_mngr = best_manager(workdir, config) if config.eval.best_metric else None
   if last_checkpoint is not None:
     logging.info('Resuming from checkpoint step %d in %s.', last_checkpoint,
                  workdir)
@@ -476,29 +657,31 @@ def train_and_evaluate(config, workdir):
           raise preemption.Preempted(step, checkpoint_dir)
         if (config.eval_every_steps and step % config.eval_every_steps == 0
             and step < config.total_steps):
-          writer.write_scalars(step, inference.flat_scalars(
-              _evaluate(evaluator, state.params)))
+          results = _evaluate(evaluator, state.params)
+          writer.write_scalars(step, inference.flat_scalars(results))
+          if best_mngr:
+            _save_best(best_mngr, step, state.params, results)
     _wait_for_saves(mngr, last_checkpoint)
   except BaseException:
     # Let saves of good states already under way finish, so the checkpoint
     # an error message names is complete (a failing one reported itself).
     with contextlib.suppress(Exception):
       mngr.wait_until_finished()
-    with contextlib.suppress(Exception):
-      mngr.close()
+    for manager in filter(None, (mngr, best_mngr)):
+      with contextlib.suppress(Exception):
+        manager.wait_until_finished()
+      with contextlib.suppress(Exception):
+        manager.close()
     writer.flush()
     raise
   mngr.close()
 
   results = _evaluate(evaluator, state.params)
   results['step'] = int(jax.device_get(state.step))
-  writer.write_scalars(results['step'], inference.flat_scalars(results))
-  writer.flush()
-  if is_chief:
-    results_lib.write_json_atomic(
-        os.path.join(workdir, 'predictions.json'),
-        results_lib.predictions_to_json(evaluator.last_predictions))
-    results_lib.write_json_atomic(os.path.join(workdir, 'results.json'),
-                                  results_lib.results_to_jsonable(results))
-    print(results_lib.format_results_table(results), flush=True)
+  if best_mngr:
+    _save_best(best_mngr, results['step'], state.params, results)
+    results, _ = _pick_best(best_mngr, evaluator, results,
+                            abstract_state.params, config.eval.best_metric)
+    best_mngr.close()
+  _write_results(workdir, evaluator, results, writer, is_chief)
   return results

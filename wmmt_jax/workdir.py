@@ -39,7 +39,8 @@ RESUME_SAFE_KEYS = (
     'total_steps', 'checkpoint_every_steps', 'keep_checkpoints',
     'log_every_steps', 'eval_every_steps', 'skip_nonfinite_updates',
     'resume_allow_config_changes', 'dataset.root', 'dataset.prefetch',
-    'dataset.eval_split', 'dataset.eval_length_buckets', 'eval')
+    'dataset.eval_split', 'dataset.eval_subset', 'dataset.eval_length_buckets',
+    'eval')
 
 # Orbax writes a few hundred bytes of metadata per array beside the data.
 _METADATA_BYTES_PER_ARRAY = 2048

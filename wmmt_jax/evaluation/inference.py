@@ -7,16 +7,24 @@ import input_pipeline
 from wmmt_jax import parallel
 from wmmt_jax.evaluation import metrics
 from wmmt_jax.evaluation import proposals as proposals_lib
+from wmmt_jax.models import mdp
 from wmmt_jax.models import wmmt
 
 
 def make_eval_step(model, use_experts):
-  """`(params, batch) -> per-video outputs`, with the batch's bookkeeping."""
+  """`(params, batch) -> per-video outputs`, with the batch's bookkeeping.
+
+  WMMT's outputs go through expert selection (`wmmt.expert_select`), MDP's
+  through `mdp.eval_outputs`.
+  """
 
   def eval_step(params, batch):
     outputs = model.apply({'params': params}, batch['visual'], batch['audio'],
                           batch['mask'], train=False)
-    out = wmmt.expert_select(outputs, use_experts)
+    if isinstance(model, mdp.MDP):
+      out = mdp.eval_outputs(outputs)
+    else:
+      out = wmmt.expert_select(outputs, use_experts)
     out.update(index=batch['index'], valid=batch['valid'],
                length=batch['mask'].sum(axis=-1).astype(np.int32))
     return out
@@ -25,11 +33,13 @@ def make_eval_step(model, use_experts):
 
 
 def video_proposals(fas, fps, pred_class, eval_config):
-  """Proposals `[K, 3]` (score, start_s, end_s) of one video, best first.
+  """Proposals `[K, 3]` (score, start_s, end_s) of one video.
+
+  Best first, or in time order with `eval_config.proposal_order='temporal'`.
 
   Args:
-    fas: `[T, 2]` real / forged probabilities of the selected head, native
-      length.
+    fas: `[T, 2]` real / forged probabilities of the selected head (MDP: its
+      CAS), native length.
     fps: frames per second of the features.
     pred_class: the class predicted by `c_m`.
     eval_config: the `eval` config block.
@@ -37,21 +47,36 @@ def video_proposals(fas, fps, pred_class, eval_config):
   if pred_class == wmmt.REAL and eval_config.real_has_no_proposals:
     return np.zeros((0, 3), np.float32)
   if eval_config.proposal_method == 'mdp':
-    return proposals_lib.mdp_proposals(fas, fps, eval_config.max_proposals)
-  return proposals_lib.multi_threshold_proposals(
-      fas[:, 1], fps, eval_config.thresholds, eval_config.nms_iou,
-      eval_config.max_proposals)
+    props = proposals_lib.mdp_proposals(fas, fps, eval_config.max_proposals)
+  else:
+    props = proposals_lib.multi_threshold_proposals(
+        fas[:, 1], fps, eval_config.thresholds, eval_config.nms_iou,
+        eval_config.max_proposals)
+  if eval_config.proposal_order == 'temporal':
+    # MDP's lists, which its evaluator's AP matching takes in this order.
+    props = props[np.argsort(props[:, 1], kind='stable')]
+  return props
+
+
+def metric_names(protocol):
+  """The names `flat_scalars` gives a protocol's metrics (without prefix)."""
+  spec = metrics.PROTOCOLS[protocol]
+  return ([f'ap@{k}' for k in spec['ap_ious']] + ['map'] +
+          [f'ar@{k}' for k in spec['ar_ns']] +
+          ['mean_ar', 'video_accuracy', 'auc'])
 
 
 def flat_scalars(results, prefix='eval'):
   """Results dict -> flat `{name: float}` for metric writers."""
-  out = {f'{prefix}/ap@{k}': v for k, v in results['ap'].items()}
-  out.update({f'{prefix}/ar@{k}': v for k, v in results['ar'].items()})
-  out[f'{prefix}/map'] = float(np.mean(list(results['ap'].values())))
-  out[f'{prefix}/mean_ar'] = float(np.mean(list(results['ar'].values())))
+  out = {f'ap@{k}': v for k, v in results['ap'].items()}
+  out['map'] = float(np.mean(list(results['ap'].values())))
+  out.update({f'ar@{k}': v for k, v in results['ar'].items()})
+  out['mean_ar'] = float(np.mean(list(results['ar'].values())))
   for key in ('video_accuracy', 'auc'):
-    out[f'{prefix}/{key}'] = results[key]
-  return out
+    out[key] = results[key]
+  if not prefix:
+    return out
+  return {f'{prefix}/{k}': v for k, v in out.items()}
 
 
 class Evaluator:
@@ -124,8 +149,11 @@ class Evaluator:
     self.last_predictions = pred['proposals']
     protocol = metrics.PROTOCOLS[self._config.eval.protocol]
     ground_truth = {r.file: r.fake_segments for r in self._records}
-    results = metrics.ap_ar_1d(pred['proposals'], ground_truth,
-                               protocol['ap_ious'], protocol['ar_ns'])
+    results = metrics.ap_ar_1d(
+        pred['proposals'], ground_truth, protocol['ap_ious'],
+        protocol['ar_ns'], ar_order=self._config.eval.ar_order,
+        drop_gt_without_proposals=(
+            self._config.eval.drop_gt_without_proposals))
     labels = np.array([r.label for r in self._records], np.int32)
     results['video_accuracy'] = metrics.video_accuracy(pred['pred_class'],
                                                        labels)

@@ -166,3 +166,30 @@ def mdp_loss(outputs, label, dp_weight=0.2):
   loss_dp = losses.bce_with_logits(outputs['dp_score'], fake)
   loss = loss_cls + dp_weight * loss_dp
   return loss, {'loss_cls': loss_cls, 'loss_dp': loss_dp, 'loss': loss}
+
+
+def eval_outputs(outputs):
+  """MDP's per-video evaluation outputs, in the form of `wmmt.expert_select`.
+
+  MDP is a binary model: the video is forged when its fake score beats its
+  real one, which maps onto the 4-class labels as REAL or BOTH (MDP's
+  protocol evaluates real and both-modified videos only). Its proposals come
+  from the raw CAS (`proposals.mdp_proposals`: frames where the fake CAS
+  beats the real one, scored by the mean fake CAS), not from a softmax.
+
+  Args:
+    outputs: `MDP`'s output dict.
+
+  Returns:
+    `pred_class` `[B]` (0 real, 1 forged), `video_probs` `[B, 4]` (MDP's
+    two video scores, then zeros), `fas` `[B, T, 2]` (the CAS) and `expert`
+    `[B]` (always 1: the one head).
+  """
+  scores = outputs['video_scores'].astype(jnp.float32)
+  pred = (scores[:, 1] > scores[:, 0]).astype(jnp.int32)
+  return {
+      'pred_class': pred,
+      'video_probs': jnp.pad(scores, ((0, 0), (0, 2))),
+      'fas': outputs['cas'].astype(jnp.float32),
+      'expert': jnp.ones_like(pred),
+  }
