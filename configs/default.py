@@ -148,6 +148,8 @@ def get_config(arg=None):
   config.eval = ml_collections.ConfigDict()
   # 'wmmt', 'lavdf' or 'avdeepfake1m' (DESIGN.md section 5).
   config.eval.protocol = 'avdeepfake1m'
+  # More protocols scored on the same predictions (results.json 'protocols').
+  config.eval.extra_protocols = ()
   config.eval.batch_size = 8
   # 'mdp': runs where forged beats real; 'multi_threshold': thresholds + NMS.
   config.eval.proposal_method = 'mdp'

@@ -39,5 +39,7 @@ def get_config(arg=None):
 
   # Table I reports mAP@0.1:0.7 and AR@20,10,5,2.
   config.eval.protocol = 'wmmt'
+  # LAV-DF's own protocol (AP@0.5/0.75/0.95, AR@100/50/20/10) beside it.
+  config.eval.extra_protocols = ('lavdf',)
   config.eval.batch_size = 8
   return config

@@ -83,3 +83,24 @@ def test_results_to_jsonable():
   assert all(type(v) is float for v in got['ap'].values())
   assert got['protocol'] == 'lavdf' and type(got['auc']) is float
   json.dumps(got)
+
+
+def test_extra_protocols_in_json_table_and_scalars():
+  from wmmt_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  res = {'ap': {0.1: 0.5}, 'ar': {20: 0.25}, 'video_accuracy': 0.75,
+         'auc': 0.5, 'protocol': 'wmmt',
+         'protocols': {'lavdf': {'ap': {0.5: 0.125, 0.95: 0.0},
+                                 'ar': {100: 1.0}}}}
+  assert results.results_to_jsonable(res)['protocols'] == {
+      'lavdf': {'ap': {'0.5': 0.125, '0.95': 0.0}, 'ar': {'100': 1.0}}}
+  table = results.format_results_table(res).splitlines()
+  assert table[0] == 'protocol: wmmt' and 'protocol: lavdf' in table
+  assert table[-2].split() == ['AP@0.5', 'AP@0.95', 'mAP', 'AR@100',
+                               'mean', 'AR']
+  assert table[-1].split() == ['12.50', '0.00', '6.25', '100.00', '100.00']
+  scalars = inference.flat_scalars(res)
+  assert scalars['eval/ap@0.1'] == 0.5
+  assert scalars['eval/lavdf/ap@0.5'] == 0.125
+  assert scalars['eval/lavdf/map'] == 0.0625
+  assert scalars['eval/lavdf/mean_ar'] == 1.0
+  assert 'eval/lavdf/auc' not in scalars

@@ -87,6 +87,10 @@ def validate(config, num_devices):
   _choice(config, 'loss.dp_reduction', losses.DP_REDUCTIONS)
   _choice(config, 'loss.dp_input', losses.DP_INPUTS)
   _choice(config, 'eval.protocol', _PROTOCOLS)
+  for name in config.eval.extra_protocols:
+    if name not in _PROTOCOLS:
+      raise ValueError(f'eval.extra_protocols: expected names from '
+                       f'{_PROTOCOLS}, got {name!r}.')
   if config.eval.best_metric:
     _choice(config, 'eval.best_metric',
             inference.metric_names(config.eval.protocol))

@@ -66,14 +66,24 @@ def metric_names(protocol):
           ['mean_ar', 'video_accuracy', 'auc'])
 
 
-def flat_scalars(results, prefix='eval'):
-  """Results dict -> flat `{name: float}` for metric writers."""
+def _ap_ar_scalars(results):
   out = {f'ap@{k}': v for k, v in results['ap'].items()}
   out['map'] = float(np.mean(list(results['ap'].values())))
   out.update({f'ar@{k}': v for k, v in results['ar'].items()})
   out['mean_ar'] = float(np.mean(list(results['ar'].values())))
+  return out
+
+
+def flat_scalars(results, prefix='eval'):
+  """Results dict -> flat `{name: float}` for metric writers.
+
+  The extra protocols' metrics are named `{protocol}/ap@0.5` etc.
+  """
+  out = _ap_ar_scalars(results)
   for key in ('video_accuracy', 'auc'):
     out[key] = results[key]
+  for name, extra in results.get('protocols', {}).items():
+    out.update({f'{name}/{k}': v for k, v in _ap_ar_scalars(extra).items()})
   if not prefix:
     return out
   return {f'{prefix}/{k}': v for k, v in out.items()}
@@ -143,17 +153,27 @@ class Evaluator:
 
     Returns:
       `{'ap': {iou: v}, 'ar': {n: v}, 'video_accuracy': v, 'auc': v,
-      'protocol': name}`; the proposals are kept in `last_predictions`.
+      'protocol': name}`, and for each of `config.eval.extra_protocols`
+      its `{'ap': ..., 'ar': ...}` under `results['protocols'][name]`, from
+      the same predictions; the proposals are kept in `last_predictions`.
     """
     pred = self.predict(params)
     self.last_predictions = pred['proposals']
-    protocol = metrics.PROTOCOLS[self._config.eval.protocol]
     ground_truth = {r.file: r.fake_segments for r in self._records}
-    results = metrics.ap_ar_1d(
-        pred['proposals'], ground_truth, protocol['ap_ious'],
-        protocol['ar_ns'], ar_order=self._config.eval.ar_order,
-        drop_gt_without_proposals=(
-            self._config.eval.drop_gt_without_proposals))
+
+    def score(name):
+      protocol = metrics.PROTOCOLS[name]
+      return metrics.ap_ar_1d(
+          pred['proposals'], ground_truth, protocol['ap_ious'],
+          protocol['ar_ns'], ar_order=self._config.eval.ar_order,
+          drop_gt_without_proposals=(
+              self._config.eval.drop_gt_without_proposals))
+
+    results = score(self._config.eval.protocol)
+    extra = [p for p in self._config.eval.extra_protocols
+             if p != self._config.eval.protocol]
+    if extra:
+      results['protocols'] = {name: score(name) for name in extra}
     labels = np.array([r.label for r in self._records], np.int32)
     results['video_accuracy'] = metrics.video_accuracy(pred['pred_class'],
                                                        labels)

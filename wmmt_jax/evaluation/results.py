@@ -101,6 +101,8 @@ def results_to_jsonable(results):
   for name, value in results.items():
     if name in ('ap', 'ar'):
       out[name] = {_key_str(k): float(v) for k, v in value.items()}
+    elif name == 'protocols':
+      out[name] = {p: results_to_jsonable(v) for p, v in value.items()}
     else:
       out[name] = _to_python(value)
   return out
@@ -146,4 +148,6 @@ def format_results_table(results):
   lines = [header, values]
   if results.get('protocol'):
     lines.insert(0, f'protocol: {results["protocol"]}')
+  for name, extra in results.get('protocols', {}).items():
+    lines += ['', format_results_table(dict(extra, protocol=name))]
   return '\n'.join(lines)
