@@ -18,6 +18,37 @@ from wmmt_jax.models import initializers
 TPPA_NORMS = ('softmax', 'sigmoid', 'none')
 
 
+def query_sum(q, mask):
+  """`sum_i q_i` over valid steps, `[B, D]` float32 (the column-sum identity).
+
+  The sum over up to ~10^6 queries is accumulated in float32 also under
+  bfloat16 compute.
+  """
+  return jnp.einsum('btd,bt->bd', q.astype(jnp.float32),
+                    mask.astype(jnp.float32))
+
+
+def raw_relevance(q_sum, k, scale_dim):
+  """`r_j = (sum_i q_i) . k_j / sqrt(scale_dim)`, `[B, T]` float32."""
+  r = jnp.einsum('bd,btd->bt', q_sum, k.astype(jnp.float32))
+  return r / jnp.sqrt(jnp.float32(scale_dim))
+
+
+def normalize_relevance(r, mask, norm):
+  """Eq. 6's normalisation of `r` `[B, T]` over the valid steps of a video."""
+  mask = mask.astype(jnp.float32)
+  if norm == 'softmax':
+    r = jnp.where(mask > 0, r, -jnp.inf)
+    r = jax.nn.softmax(r, axis=-1)
+    r = jnp.where(mask > 0, r, 0.0)
+  elif norm == 'sigmoid':
+    r = jax.nn.sigmoid(r)
+  elif norm != 'none':
+    raise ValueError(
+        f'model.tppa_norm: expected one of {TPPA_NORMS}, got {norm!r}.')
+  return r * mask
+
+
 def tppa_relevance(q, k, mask, scale_dim, norm):
   """Normalised column sums of `R = Q K^T / sqrt(scale_dim)` (Eq. 6 and 9).
 
@@ -32,22 +63,18 @@ def tppa_relevance(q, k, mask, scale_dim, norm):
   Returns:
     `[B, T]` float32 relevance `r`.
   """
-  mask = mask.astype(jnp.float32)
-  # The sum over up to ~10^6 queries is accumulated in float32 also under
-  # bfloat16 compute.
-  q_sum = jnp.einsum('btd,bt->bd', q.astype(jnp.float32), mask)
-  r = jnp.einsum('bd,btd->bt', q_sum, k.astype(jnp.float32))
-  r = r / jnp.sqrt(jnp.float32(scale_dim))
-  if norm == 'softmax':
-    r = jnp.where(mask > 0, r, -jnp.inf)
-    r = jax.nn.softmax(r, axis=-1)
-    r = jnp.where(mask > 0, r, 0.0)
-  elif norm == 'sigmoid':
-    r = jax.nn.sigmoid(r)
-  elif norm != 'none':
-    raise ValueError(
-        f'model.tppa_norm: expected one of {TPPA_NORMS}, got {norm!r}.')
-  return r * mask
+  return normalize_relevance(raw_relevance(query_sum(q, mask), k, scale_dim),
+                             mask, norm)
+
+
+def scale_dim(scale, key_input_dim, qkv_dim):
+  """The `d` of `sqrt(d)` for `model.tppa_scale`."""
+  if scale == 'key_input':
+    return key_input_dim
+  if scale == 'qkv':
+    return qkv_dim
+  raise ValueError("model.tppa_scale: expected 'key_input' or 'qkv', got "
+                   f'{scale!r}.')
 
 
 class TPPA(nn.Module):
@@ -78,14 +105,9 @@ class TPPA(nn.Module):
     q = dense(self.qkv_dim, 'query')(x_q)
     k = dense(self.qkv_dim, 'key')(x_kv)
     v = dense(self.qkv_dim, 'value')(x_kv)
-    if self.scale == 'key_input':
-      scale_dim = x_kv.shape[-1]
-    elif self.scale == 'qkv':
-      scale_dim = self.qkv_dim
-    else:
-      raise ValueError("model.tppa_scale: expected 'key_input' or 'qkv', got "
-                       f'{self.scale!r}.')
-    r = tppa_relevance(q, k, mask, scale_dim, self.norm)
+    r = tppa_relevance(q, k, mask,
+                       scale_dim(self.scale, x_kv.shape[-1], self.qkv_dim),
+                       self.norm)
     out = dense(self.out_dim, 'output')(r[..., None].astype(v.dtype) * v)
     return out, r
 
