@@ -109,6 +109,11 @@ def test_train_and_evaluate_resumes_from_checkpoint(tmp_path):
     written = json.load(f)
   assert set(written['ap']) == {'0.5', '0.75', '0.9', '0.95'}
   assert os.path.exists(os.path.join(straight, 'predictions.json'))
+  # Compile counts are logged: at most one per eval length bucket (fewer on
+  # persistent-cache hits), and the training loop's are in metrics.txt.
+  assert 0 <= written['compiles'] <= len(config.dataset.eval_length_buckets)
+  with open(os.path.join(straight, 'metrics.txt')) as f:
+    assert 'train/compiles=' in f.read()
 
   # Stop after 4 steps, then run again to 6: it resumes from step 4.
   resumed = str(tmp_path / 'resumed')

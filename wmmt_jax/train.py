@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 import input_pipeline
+from wmmt_jax import compiles
 from wmmt_jax import config_lib
 from wmmt_jax import errors
 from wmmt_jax import losses
@@ -388,10 +389,16 @@ def _next_batch(train_iter, step):
 
 
 def _evaluate(evaluator, params):
+  """Evaluates; `results['compiles']` counts the XLA compiles it caused."""
+  before = compiles.count()
   try:
-    return evaluator.evaluate(params)
+    results = evaluator.evaluate(params)
   except tf.errors.OpError as e:
     raise _input_error(e, 'Reading the evaluation data') from e
+  results['compiles'] = compiles.count() - before
+  logging.info('Evaluation compiled %d program(s) (one per length bucket '
+               'seen for the first time).', results['compiles'])
+  return results
 
 
 def best_manager(workdir, config):
@@ -623,6 +630,9 @@ def train_and_evaluate(config, workdir):
   evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
 
   history = []
+  # XLA compiles of the training loop, evaluations left out: one for the
+  # step, plus a few small ones (checks before a save).
+  compiles_at_start, eval_compiles = compiles.count(), 0
   try:
     with preemption.PreemptionWatcher(mngr) as watcher:
       for step in range(initial_step + 1, config.total_steps + 1):
@@ -647,6 +657,8 @@ def train_and_evaluate(config, workdir):
                 'Skipped %d non-finite update(s) in steps %d-%d; %d so far.',
                 skipped, step - len(host) + 1, step,
                 summary['skipped_steps'])
+          summary['compiles'] = (compiles.count() - compiles_at_start -
+                                 eval_compiles)
           writer.write_scalars(
               step, {f'train/{k}': v for k, v in summary.items()})
         if save:
@@ -658,6 +670,7 @@ def train_and_evaluate(config, workdir):
         if (config.eval_every_steps and step % config.eval_every_steps == 0
             and step < config.total_steps):
           results = _evaluate(evaluator, state.params)
+          eval_compiles += results['compiles']
           writer.write_scalars(step, inference.flat_scalars(results))
           if best_mngr:
             _save_best(best_mngr, step, state.params, results)
