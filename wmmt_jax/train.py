@@ -612,7 +612,7 @@ def train_and_evaluate(config, workdir):
     state = _restore(mngr, last_checkpoint, abstract_state)
   else:
     state, _ = init_state(model, tx, config, mesh, abstract_state)
-  initial_step = int(jax.device_get(state.step))
+  initial_step = int(parallel.to_host(state.step))
 
   writer = create_writer(workdir, is_chief)
   if initial_step == 0:
@@ -645,7 +645,7 @@ def train_and_evaluate(config, workdir):
                 step == config.total_steps or preempted)
         if step % config.log_every_steps == 0 or save:
           # The only host syncs of the loop: at log and save steps.
-          host = jax.device_get(history)
+          host = parallel.to_host(history)
           history = []
           # Checked before any save, so a bad state never replaces a good one.
           _check_finite(host, step - len(host) + 1, last_checkpoint,
@@ -690,7 +690,7 @@ def train_and_evaluate(config, workdir):
   mngr.close()
 
   results = _evaluate(evaluator, state.params)
-  results['step'] = int(jax.device_get(state.step))
+  results['step'] = int(parallel.to_host(state.step))
   if best_mngr:
     _save_best(best_mngr, results['step'], state.params, results)
     results, _ = _pick_best(best_mngr, evaluator, results,

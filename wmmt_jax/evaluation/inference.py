@@ -128,7 +128,7 @@ class Evaluator:
     for batch in batches:
       batch = {k: batch[k] for k in ('visual', 'audio', 'mask', 'index',
                                      'valid')}
-      out = jax.device_get(
+      out = parallel.to_host(
           self._step(params, parallel.to_global(batch, self._mesh)))
       for row in np.flatnonzero(out['valid'] > 0):
         i = int(out['index'][row])
