@@ -156,6 +156,10 @@ def get_config(arg=None):
   config.eval.thresholds = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
   config.eval.nms_iou = 0.5
   config.eval.max_proposals = 100
+  # WMMT on videos (padded) longer than this many frames runs chunked
+  # (wmmt_jax/models/long_video.py: same result, memory bounded by the
+  # chunk); 0 = always one pass.
+  config.eval.chunk_size = 4096
   # Modality-aware expert selection (needs model.multitask); else h_m always.
   config.eval.expert_selection = True
   # Sec. III-F: a video that c_m calls real gets no proposals.

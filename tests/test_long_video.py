@@ -93,3 +93,23 @@ def test_no_whole_video_activation_wider_than_the_features():
 def test_forward_rejects_mdp():
   with pytest.raises(TypeError, match='WMMT'):
     long_video.forward(mdp.MDP(), {}, *_inputs(1, 4))
+
+
+def test_eval_step_runs_long_batches_chunked():
+  from wmmt_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  model = wmmt.WMMT(**WIDTHS)
+  visual, audio, mask = _inputs(2, 24)
+  params = _random_params(model, visual, audio, mask)
+  batch = {'visual': visual, 'audio': audio, 'mask': mask,
+           'index': np.arange(2), 'valid': np.ones(2)}
+  one_pass = jax.jit(inference.make_eval_step(model, True))(params, batch)
+  chunked_step = inference.make_eval_step(model, True, chunk_size=8)
+  chunked = jax.jit(chunked_step)(params, batch)
+  for key in ('video_probs', 'fas'):
+    np.testing.assert_allclose(chunked[key], one_pass[key], rtol=1e-4,
+                               atol=1e-5)
+  np.testing.assert_array_equal(chunked['pred_class'], one_pass['pred_class'])
+  # The chunked program holds no [B, T, qkv] activation outside the chunks.
+  jaxpr = jax.make_jaxpr(chunked_step)(params, batch).jaxpr
+  assert not [s for s, top in _shapes(jaxpr)
+              if top and 24 in s and s[-1] == WIDTHS['qkv_dim']]

@@ -50,7 +50,8 @@ def validate(config, num_devices):
               'model.head_dim', 'model.topk_ratio', 'eval.batch_size',
               'eval.max_proposals', 'loss.dp_topk_ratio'):
     _positive(config, key)
-  for key in ('weight_decay', 'eval_every_steps', 'loss.weight_m',
+  for key in ('weight_decay', 'eval_every_steps', 'eval.chunk_size',
+              'loss.weight_m',
               'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
     _positive(config, key, allow_zero=True)
   for key in ('skip_nonfinite_updates', 'resume_allow_config_changes',
@@ -100,7 +101,8 @@ def validate(config, num_devices):
   _choice(config, 'eval.proposal_method', ('mdp', 'multi_threshold'))
   _choice(config, 'dataset.train_sampling', ('crop', 'bins'))
   _choice(config, 'dataset.audio_align', ('avg_pool', 'linear'))
-  _choice(config, 'dataset.layout', ('mdp', 'generic'))
+  _choice(config, 'dataset.name', ('synthetic', 'lavdf', 'avdeepfake1m'))
+  _choice(config, 'dataset.layout', input_pipeline.formats.LAYOUTS)
   if (config.loss.use_dp and config.loss.dp_objective != 'm' and
       not config.model.multitask):
     raise ValueError(

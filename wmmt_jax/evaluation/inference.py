@@ -7,20 +7,28 @@ import input_pipeline
 from wmmt_jax import parallel
 from wmmt_jax.evaluation import metrics
 from wmmt_jax.evaluation import proposals as proposals_lib
+from wmmt_jax.models import long_video
 from wmmt_jax.models import mdp
 from wmmt_jax.models import wmmt
 
 
-def make_eval_step(model, use_experts):
+def make_eval_step(model, use_experts, chunk_size=0):
   """`(params, batch) -> per-video outputs`, with the batch's bookkeeping.
 
   WMMT's outputs go through expert selection (`wmmt.expert_select`), MDP's
-  through `mdp.eval_outputs`.
+  through `mdp.eval_outputs`. WMMT batches longer than `chunk_size` (> 0)
+  run chunked (`long_video.forward`), in memory bounded by the chunk.
   """
 
   def eval_step(params, batch):
-    outputs = model.apply({'params': params}, batch['visual'], batch['audio'],
-                          batch['mask'], train=False)
+    if (chunk_size and isinstance(model, wmmt.WMMT) and
+        batch['visual'].shape[1] > chunk_size):
+      outputs = long_video.forward(model, params, batch['visual'],
+                                   batch['audio'], batch['mask'],
+                                   chunk=chunk_size)
+    else:
+      outputs = model.apply({'params': params}, batch['visual'],
+                            batch['audio'], batch['mask'], train=False)
     if isinstance(model, mdp.MDP):
       out = mdp.eval_outputs(outputs)
     else:
@@ -104,7 +112,7 @@ class Evaluator:
     self._mesh = mesh
     use_experts = config.eval.expert_selection and config.model.multitask
     self._step = jax.jit(
-        make_eval_step(model, use_experts),
+        make_eval_step(model, use_experts, config.eval.chunk_size),
         in_shardings=(parallel.replicated(mesh),
                       parallel.data_sharding(mesh)),
         out_shardings=parallel.replicated(mesh))
