@@ -29,6 +29,8 @@ setuptools.setup(
         'test': ['pytest>=8.0', 'chex>=0.1.90'],
         # Only to read PyTorch .pth checkpoints (wmmt_jax.convert).
         'torch': ['torch>=2.6'],
+        # Plots of a run and of `wmmt_jax.predict --png` (wmmt_jax/plots.py).
+        'viz': ['matplotlib>=3.8', 'scikit-learn>=1.5'],
     },
     entry_points={'console_scripts': ['wmmt-eval = wmmt_jax.evaluate:run']},
 )
