@@ -711,14 +711,70 @@ class FeatureError(ValueError):
     self.path = path
 
 
-def _read_npy(path: str) -> np.ndarray:
-  data = _read_bytes(path, 'feature')
+# `.npy` headers are parsed here rather than by numpy: numpy's parser calls
+# `ast.literal_eval`, which CPython < 3.11.8 can crash when threads run it at
+# once (gh-106905, "AST constructor recursion depth mismatch"), and the
+# pipelines read features from thread pools.
+_NPY_MAGIC = b'\x93NUMPY'
+_NPY_DESCR = re.compile(r"""['"]descr['"]\s*:\s*['"]([^'"]+)['"]""")
+_NPY_FORTRAN = re.compile(r"""['"]fortran_order['"]\s*:\s*(True|False)""")
+_NPY_SHAPE = re.compile(r"""['"]shape['"]\s*:\s*\(([^)]*)\)""")
+
+
+def parse_npy_header(head: bytes, path: str):
+  """`(shape, dtype, fortran_order, data_offset)` of a `.npy` file.
+
+  Args:
+    head: the file's first bytes (the whole header; 4096 suffice for every
+      file numpy writes with a plain dtype).
+    path: named in errors.
+
+  Raises:
+    FeatureError: not a `.npy` file of a plain (non-structured) dtype.
+  """
+  def fail(why):
+    return FeatureError('unreadable', path,
+                        f'{path}: not a readable .npy array: {why}.')
+  if len(head) < 10 or not head.startswith(_NPY_MAGIC):
+    raise fail('no .npy magic string')
+  major = head[6]
+  if major == 1:
+    size, start = int.from_bytes(head[8:10], 'little'), 10
+  elif major in (2, 3):
+    size, start = int.from_bytes(head[8:12], 'little'), 12
+  else:
+    raise fail(f'unknown format version {major}')
+  if len(head) < start + size:
+    raise fail('truncated header')
+  text = head[start:start + size].decode('utf-8' if major == 3 else 'latin1')
+  descr = _NPY_DESCR.search(text)
+  fortran = _NPY_FORTRAN.search(text)
+  shape = _NPY_SHAPE.search(text)
+  if not (descr and fortran and shape):
+    raise fail(f'unsupported header {text.strip()!r}')
   try:
-    # One read and an in-memory parse: cheap locally, one request on GCS.
-    return np.load(io.BytesIO(data), allow_pickle=False)
-  except (ValueError, EOFError, OSError) as e:
+    dims = tuple(int(d) for d in shape.group(1).split(',') if d.strip())
+    dtype = np.dtype(descr.group(1))
+  except (TypeError, ValueError) as e:
+    raise fail(f'bad header {text.strip()!r} ({e})') from e
+  return dims, dtype, fortran.group(1) == 'True', start + size
+
+
+def _array_from_buffer(buf, path: str) -> np.ndarray:
+  """The array of a whole `.npy` file's bytes (a read-only view)."""
+  shape, dtype, fortran, offset = parse_npy_header(bytes(buf[:65536]), path)
+  count = math.prod(shape)
+  if len(buf) - offset < count * dtype.itemsize:
     raise FeatureError('unreadable', path,
-                       f'{path}: not a readable .npy array: {e}') from e
+                       f'{path}: not a readable .npy array: the data is '
+                       f'shorter than its {shape} {dtype} header says.')
+  x = np.frombuffer(buf, dtype, count, offset)
+  return x.reshape(shape, order='F' if fortran else 'C')
+
+
+def _read_npy(path: str) -> np.ndarray:
+  # One read and an in-memory parse: cheap locally, one request on GCS.
+  return _array_from_buffer(_read_bytes(path, 'feature'), path)
 
 
 def _read_bytes(path: str, kind: str) -> bytes:
@@ -739,24 +795,15 @@ def read_npy_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
   """
   try:
     with tf.io.gfile.GFile(path, 'rb') as f:
-      version = np.lib.format.read_magic(f)
-      if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-      elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-      else:
-        # Version 3 headers only differ in their encoding; rare enough to
-        # parse the whole file.
-        x = _read_npy(path)
-        return x.shape, x.dtype
+      head = f.read(12)
+      if head.startswith(_NPY_MAGIC) and len(head) == 12:
+        size = (int.from_bytes(head[8:10], 'little') if head[6] == 1 else
+                int.from_bytes(head[8:12], 'little'))
+        head += f.read(size + 2)
   except tf.errors.NotFoundError as e:
     raise FileNotFoundError(f'{path}: feature file not found.') from e
-  except (ValueError, EOFError) as e:
-    if isinstance(e, FeatureError):
-      raise
-    raise FeatureError('unreadable', path,
-                       f'{path}: not a readable .npy array: {e}') from e
-  return tuple(shape), dtype
+  shape, dtype, _, _ = parse_npy_header(head, path)
+  return shape, dtype
 
 
 def read_npy_shape(path: str) -> tuple[int, ...]:
@@ -833,12 +880,13 @@ def check_feature_file(spec: FeatureSpec) -> tuple[int, ...]:
     x = _read_npy(path)
   else:
     try:
-      x = np.load(path, mmap_mode='r', allow_pickle=False)
+      buf = np.memmap(path, np.uint8, mode='r')
     except FileNotFoundError as e:
       raise FileNotFoundError(f'{path}: feature file not found.') from e
-    except (ValueError, EOFError, OSError) as e:
+    except (ValueError, OSError) as e:
       raise FeatureError('unreadable', path,
                          f'{path}: not a readable .npy array: {e}') from e
+    x = _array_from_buffer(buf, path)
   _check_header(x.shape, x.dtype, spec)
   rows = max(1, _CHECK_CHUNK_BYTES // (x.shape[1] * x.itemsize or 1))
   for start in range(0, x.shape[0], rows):

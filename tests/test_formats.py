@@ -610,3 +610,36 @@ def test_check_feature_file(tmp_path, monkeypatch):
   np.save(path, np.array(['a', 'b']).reshape(1, 2))
   with pytest.raises(formats.FeatureError, match='expected numeric'):
     formats.check_feature_file(spec)
+
+
+@pytest.mark.parametrize('array', [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.arange(6, dtype=np.float16).reshape(2, 3),
+    np.asfortranarray(np.arange(6, dtype='>f8').reshape(2, 3)),
+    np.zeros((0, 5), np.float32),
+    np.arange(3, dtype=np.int64),
+])
+def test_npy_reader_matches_numpy(tmp_path, array):
+  # Our parser (no ast: thread-safe on CPython < 3.11.8) reads what np.save
+  # wrote, header fields and data.
+  path = str(tmp_path / 'x.npy')
+  np.save(path, array)
+  got = formats._read_npy(path)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(got, array)
+  assert got.dtype == array.dtype and got.shape == array.shape
+  assert formats.read_npy_header(path) == (array.shape, array.dtype)
+  if array.ndim == 2 and array.size and array.dtype.kind == 'f':
+    # The memory-mapped check reads the same header.
+    spec = formats.FeatureSpec(path, array.shape[1], 'dataset.visual_dim', '')
+    assert formats.check_feature_file(spec) == array.shape
+
+
+def test_npy_reader_names_bad_files(tmp_path):
+  path = tmp_path / 'bad.npy'
+  path.write_bytes(b'not numpy at all')
+  with pytest.raises(formats.FeatureError, match='bad.npy.*magic'):
+    formats._read_npy(str(path))  # pylint: disable=protected-access
+  np.save(str(path), np.zeros((4, 4), np.float32))
+  path.write_bytes(path.read_bytes()[:-8])
+  with pytest.raises(formats.FeatureError, match='shorter'):
+    formats._read_npy(str(path))  # pylint: disable=protected-access
