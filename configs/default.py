@@ -156,6 +156,13 @@ def get_config(arg=None):
   config.eval.thresholds = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
   config.eval.nms_iou = 0.5
   config.eval.max_proposals = 100
+  # After the final evaluation, {workdir}/plots (and TensorBoard images):
+  # forgery timelines of a few videos per class, precision-recall curves at
+  # the protocol's IoUs, t-SNE of video features before and after
+  # enhancement (Fig. 4). Needs the [viz] extra; skipped without it.
+  config.eval.plots = True
+  config.eval.plot_timelines_per_class = 3
+  config.eval.plot_tsne_videos = 1000
   # WMMT on videos (padded) longer than this many frames runs chunked
   # (wmmt_jax/models/long_video.py: same result, memory bounded by the
   # chunk); 0 = always one pass.
@@ -201,6 +208,7 @@ def get_config(arg=None):
     config.model.head_dim = 8
     config.model.pooled_visual_dim = 4
     config.eval.batch_size = 4
+    config.eval.plots = False
   elif arg == 'real_widths':
     config.dataset.visual_dim = 2048
     config.dataset.audio_dim = 1024

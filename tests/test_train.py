@@ -1,5 +1,6 @@
 """The sharded train step, config validation and a resumed end-to-end run."""
 
+import importlib.util
 import json
 import os
 
@@ -102,7 +103,15 @@ def test_train_and_evaluate_resumes_from_checkpoint(tmp_path):
   config = default.get_config('tiny')
   config.dataset.root = data
   straight = str(tmp_path / 'straight')
-  results = train.train_and_evaluate(config, straight)
+  plotted = default.get_config('tiny')
+  plotted.dataset.root = data
+  plotted.eval.plots = True
+  results = train.train_and_evaluate(plotted, straight)
+  if importlib.util.find_spec('matplotlib') and importlib.util.find_spec(
+      'sklearn'):
+    # The run's pictures, after the final evaluation (the [viz] extra).
+    names = os.listdir(os.path.join(straight, 'plots'))
+    assert any(n.startswith('timeline_') for n in names), names
   for key in ('ap', 'ar', 'video_accuracy', 'auc'):
     assert key in results
   with open(os.path.join(straight, 'results.json')) as f:

@@ -55,7 +55,7 @@ def validate(config, num_devices):
               'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
     _positive(config, key, allow_zero=True)
   for key in ('skip_nonfinite_updates', 'resume_allow_config_changes',
-              'eval.drop_gt_without_proposals'):
+              'eval.drop_gt_without_proposals', 'eval.plots'):
     _bool(config, key)
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise ValueError('model.dropout_rate: expected a value in [0, 1), got '

@@ -41,6 +41,7 @@ from wmmt_jax import config_lib
 from wmmt_jax import errors
 from wmmt_jax import losses
 from wmmt_jax import parallel
+from wmmt_jax import plots
 from wmmt_jax import preemption
 from wmmt_jax import workdir as workdir_lib
 from wmmt_jax.evaluation import inference
@@ -439,13 +440,14 @@ def _pick_best(mngr, evaluator, results, abstract_params, metric):
     metric: `config.eval.best_metric`.
 
   Returns:
-    `(results, step)`: the best step's results (with the final step's
-    metrics under `last_step` when it is another step) and that step.
+    `(results, params)`: the best step's results (with the final step's
+    metrics under `last_step` when it is another step) and its parameters
+    (None when the final step is the best).
   """
   _wait_for_saves(mngr, results['step'])
   best_step = mngr.best_step()
   if best_step is None or best_step == results['step']:
-    return dict(results, best_metric=metric), results['step']
+    return dict(results, best_metric=metric), None
   logging.info('Reporting step %d, the best by %s; the last step is %d.',
                best_step, metric, results['step'])
   params = _restore(mngr, best_step, abstract_params)
@@ -453,7 +455,7 @@ def _pick_best(mngr, evaluator, results, abstract_params, metric):
               step=results['step'])
   best = _evaluate(evaluator, params)
   best.update(step=best_step, best_metric=metric, last_step=last)
-  return best, best_step
+  return best, params
 
 
 def _write_results(workdir, evaluator, results, writer, is_chief):
@@ -544,8 +546,11 @@ def evaluate_checkpoint(config, workdir):
   evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
   results = _evaluate(evaluator, variables['params'])
   results.update(step=0, checkpoint=config.eval.checkpoint)
-  _write_results(workdir, evaluator, results, create_writer(workdir, is_chief),
-                 is_chief)
+  writer = create_writer(workdir, is_chief)
+  _write_results(workdir, evaluator, results, writer, is_chief)
+  if is_chief:
+    plots.plot_run(workdir, config, model, variables['params'], eval_records,
+                   root, evaluator.last_predictions, writer, results['step'])
   return results
 
 
@@ -691,10 +696,18 @@ def train_and_evaluate(config, workdir):
 
   results = _evaluate(evaluator, state.params)
   results['step'] = int(parallel.to_host(state.step))
+  reported_params = state.params
   if best_mngr:
     _save_best(best_mngr, results['step'], state.params, results)
-    results, _ = _pick_best(best_mngr, evaluator, results,
-                            abstract_state.params, config.eval.best_metric)
+    results, best_params = _pick_best(best_mngr, evaluator, results,
+                                      abstract_state.params,
+                                      config.eval.best_metric)
     best_mngr.close()
+    if best_params is not None:
+      reported_params = best_params
   _write_results(workdir, evaluator, results, writer, is_chief)
+  if is_chief:
+    plots.plot_run(workdir, config, model, reported_params, eval_records,
+                   root, evaluator.last_predictions, writer, results['step'])
+    writer.flush()
   return results
