@@ -30,6 +30,7 @@ from absl import flags
 import numpy as np
 
 from wmmt_jax import paper_results
+from wmmt_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -73,21 +74,11 @@ def _column(table, key):
   return names.get(key, key.split('.')[-1])
 
 
-def _flatten(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 @functools.lru_cache(maxsize=None)
 def _base_json(arg):
   """The flat JSON of a base config (callers must not modify it)."""
   base = _base()
-  return _flatten(json.loads(base.get_config(arg).to_json_best_effort()))
+  return workdir_lib.flatten(json.loads(base.get_config(arg).to_json_best_effort()))
 
 
 def _base_arg(config):
@@ -117,7 +108,7 @@ def find_runs(paths):
               'skipped.', file=sys.stderr)
         continue
       with open(config_path) as f:
-        config = _flatten(json.load(f))
+        config = workdir_lib.flatten(json.load(f))
       with open(os.path.join(directory, 'results.json')) as f:
         results = json.load(f)
       found.append((directory, config, results))

@@ -166,11 +166,12 @@ def array_differences(saved, expected):
   return lines
 
 
-def _flatten(tree, prefix=''):
+def flatten(tree, prefix=''):
+  """A nested JSON dict as `{'a.b.c': value}`."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
       out[f'{prefix}{key}'] = value
   return out
@@ -191,7 +192,7 @@ def config_differences(saved, current):
   Fields present in only one of them (added or removed by a code change)
   are left out.
   """
-  saved, current = _flatten(saved), _flatten(current)
+  saved, current = flatten(saved), flatten(current)
   return [(k, saved[k], current[k])
           for k in sorted(saved.keys() & current.keys())
           if saved[k] != current[k]]
