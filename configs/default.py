@@ -169,6 +169,10 @@ def get_config(arg=None):
   config.eval.chunk_size = 4096
   # Modality-aware expert selection (needs model.multitask); else h_m always.
   config.eval.expert_selection = True
+  # '' = the multimodal task (expert selection, all forged segments); 'v' /
+  # 'a' = Table IV's single-modality tasks: h_v / h_a localize every video
+  # (no real gate), scored against the visual / audio forged segments.
+  config.eval.task = ''
   # Sec. III-F: a video that c_m calls real gets no proposals.
   config.eval.real_has_no_proposals = True
   # Each video's proposal list: 'score' (best first, the challenge format)

@@ -27,7 +27,7 @@ SWEEPS = {'table1': table1, 'table4': table4, 'table5': table5,
 INTENDED = {
     'table1': set(),
     'table4': {'loss.weight_m', 'loss.weight_v', 'loss.weight_a',
-               'loss.dp_objective'},
+               'loss.dp_objective', 'eval.task'},
     'table5': {'loss.dp_function'},
     'table6': {'loss.dp_objective'},
     'table7': {'model.intra_fe', 'model.multitask', 'model.inter_fe',
@@ -135,12 +135,16 @@ def test_print_commands(tmp_path):
                              '--config.total_steps=300']
 
 
-def test_print_commands_shares_workdirs_of_identical_rows(tmp_path):
+def test_print_commands_of_table4_evaluate_each_task(tmp_path):
   _, commands = _print_commands(tmp_path,
                                 '--sweep=configs/experiments/table4.py')
-  # "T_a with MTL" and "T_v with MTL" are one training.
-  assert len(commands) == 3
+  # "T_a with MTL" and "T_v with MTL" train alike but are scored on
+  # different tasks: two runs.
+  assert len(commands) == 4
   assert commands[0][3] == '--config=configs/experiments/table4.py'
+  tasks = [[a for a in c if a.startswith('--config.eval.task=')]
+           for c in commands]
+  assert tasks == [['--config.eval.task=a'], ['--config.eval.task=v']] * 2
 
 
 def test_plan_rows_and_errors(tmp_path):

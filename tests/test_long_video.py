@@ -113,3 +113,24 @@ def test_eval_step_runs_long_batches_chunked():
   jaxpr = jax.make_jaxpr(chunked_step)(params, batch).jaxpr
   assert not [s for s, top in _shapes(jaxpr)
               if top and 24 in s and s[-1] == WIDTHS['qkv_dim']]
+
+
+def test_eval_task_uses_the_modality_head_and_its_segments():
+  from wmmt_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  from wmmt_jax.models import heads  # pylint: disable=g-import-not-at-top
+  model = wmmt.WMMT(**WIDTHS)
+  visual, audio, mask = _inputs(2, 12)
+  params = _random_params(model, visual, audio, mask)
+  batch = {'visual': visual, 'audio': audio, 'mask': mask,
+           'index': np.arange(2), 'valid': np.ones(2)}
+  outputs = model.apply({'params': params}, visual, audio, mask, train=False)
+  for task, expert in (('v', wmmt.VISUAL_ONLY), ('a', wmmt.AUDIO_ONLY)):
+    out = inference.make_eval_step(model, True, task=task)(params, batch)
+    np.testing.assert_allclose(out['fas'], heads.fas(outputs['cas'][task]),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(out['expert'], [expert, expert])
+
+  class Record:
+    fake_segments, visual_segments, audio_segments = 'all', 'vis', 'aud'
+  assert [inference.segments(Record, t) for t in ('', 'v', 'a')] == [
+      'all', 'vis', 'aud']

@@ -78,6 +78,12 @@ def validate(config, num_devices):
   _choice(config, 'dataset.eval_subset', input_pipeline.SUBSETS)
   _choice(config, 'eval.proposal_order', ('score', 'temporal'))
   _choice(config, 'eval.ar_order', ('listed', 'temporal'))
+  _choice(config, 'eval.task', ('', 'v', 'a'))
+  if config.eval.task and (config.model.name != 'wmmt' or
+                           not config.model.multitask):
+    raise ValueError(f'eval.task={config.eval.task!r} scores the h_v / h_a '
+                     'head, which needs model.name=wmmt and '
+                     'model.multitask=True.')
   _choice(config, 'model.tppa_norm', tppa.TPPA_NORMS)
   _choice(config, 'model.tppa_scale', ('key_input', 'qkv'))
   _choice(config, 'model.fusion', wmmt.FUSIONS)

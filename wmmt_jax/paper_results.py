@@ -103,12 +103,7 @@ TABLES = {
 
 # Where the printed numbers disagree with themselves; kept as printed.
 # Tables whose rows no run can reproduce yet, and why.
-NOT_COMPARABLE = {
-    'table4': 'the paper evaluates each training "on T_a" / "on T_v" (the '
-              'audio / visual head against the audio / visual forged '
-              'segments), which no config field expresses yet '
-              '(configs/experiments/table4.py).',
-}
+NOT_COMPARABLE = {}
 
 NOTES = {
     'table5': "The MSE row has the per-IoU values of Table I's WMMT row, "

@@ -1,23 +1,27 @@
 """Inference over an evaluation split: expert selection, proposals, metrics."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import input_pipeline
 from wmmt_jax import parallel
 from wmmt_jax.evaluation import metrics
 from wmmt_jax.evaluation import proposals as proposals_lib
+from wmmt_jax.models import heads
 from wmmt_jax.models import long_video
 from wmmt_jax.models import mdp
 from wmmt_jax.models import wmmt
 
 
-def make_eval_step(model, use_experts, chunk_size=0):
+def make_eval_step(model, use_experts, chunk_size=0, task=''):
   """`(params, batch) -> per-video outputs`, with the batch's bookkeeping.
 
   WMMT's outputs go through expert selection (`wmmt.expert_select`), MDP's
   through `mdp.eval_outputs`. WMMT batches longer than `chunk_size` (> 0)
   run chunked (`long_video.forward`), in memory bounded by the chunk.
+  `task` 'v' or 'a' localizes every video with `h_v` or `h_a` (Table IV's
+  single-modality tasks).
   """
 
   def eval_step(params, batch):
@@ -33,6 +37,11 @@ def make_eval_step(model, use_experts, chunk_size=0):
       out = mdp.eval_outputs(outputs)
     else:
       out = wmmt.expert_select(outputs, use_experts)
+      if task:
+        out['fas'] = heads.fas(outputs['cas'][task])
+        out['expert'] = jnp.full_like(
+            out['expert'], wmmt.VISUAL_ONLY if task == 'v' else
+            wmmt.AUDIO_ONLY)
     out.update(index=batch['index'], valid=batch['valid'],
                length=batch['mask'].sum(axis=-1).astype(np.int32))
     return out
@@ -52,7 +61,8 @@ def video_proposals(fas, fps, pred_class, eval_config):
     pred_class: the class predicted by `c_m`.
     eval_config: the `eval` config block.
   """
-  if pred_class == wmmt.REAL and eval_config.real_has_no_proposals:
+  if (pred_class == wmmt.REAL and eval_config.real_has_no_proposals and
+      not eval_config.task):
     return np.zeros((0, 3), np.float32)
   if eval_config.proposal_method == 'mdp':
     props = proposals_lib.mdp_proposals(fas, fps, eval_config.max_proposals)
@@ -97,6 +107,16 @@ def flat_scalars(results, prefix='eval'):
   return {f'{prefix}/{k}': v for k, v in out.items()}
 
 
+def segments(record, task=''):
+  """The ground truth a task is scored against: all forged segments, or with
+  `task` 'v' / 'a' those of the visual / audio track (Table IV)."""
+  if task == 'v':
+    return record.visual_segments
+  if task == 'a':
+    return record.audio_segments
+  return record.fake_segments
+
+
 class Evaluator:
   """Runs the model over an evaluation split and scores it.
 
@@ -112,7 +132,8 @@ class Evaluator:
     self._mesh = mesh
     use_experts = config.eval.expert_selection and config.model.multitask
     self._step = jax.jit(
-        make_eval_step(model, use_experts, config.eval.chunk_size),
+        make_eval_step(model, use_experts, config.eval.chunk_size,
+                       config.eval.task),
         in_shardings=(parallel.replicated(mesh),
                       parallel.data_sharding(mesh)),
         out_shardings=parallel.replicated(mesh))
@@ -167,7 +188,8 @@ class Evaluator:
     """
     pred = self.predict(params)
     self.last_predictions = pred['proposals']
-    ground_truth = {r.file: r.fake_segments for r in self._records}
+    ground_truth = {r.file: segments(r, self._config.eval.task)
+                    for r in self._records}
 
     def score(name):
       protocol = metrics.PROTOCOLS[name]
