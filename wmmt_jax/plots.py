@@ -428,7 +428,9 @@ def plot_workdir(workdir, tensorboard=False):
   from wmmt_jax import predict  # pylint: disable=g-import-not-at-top
   from wmmt_jax import train  # pylint: disable=g-import-not-at-top
   predictor, checkpoint = predict.Predictor.from_workdir(workdir)
-  config = predictor.config
+  # Asked for explicitly: drawn also where the run had `eval.plots=False`.
+  config = predictor.config.copy_and_resolve_references()
+  config.eval.plots = True
   records, root = pipeline.get_records(
       config, workdir, config.dataset.eval_split, config.dataset.eval_subset)
   with open(os.path.join(workdir, 'predictions.json')) as f:
