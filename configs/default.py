@@ -61,6 +61,27 @@ def get_config(arg=None):
   config.dataset.train_sampling = 'crop'
   # Audio to visual length: 'avg_pool' (MDP) or 'linear' (UMMAFormer).
   config.dataset.audio_align = 'avg_pool'
+  # 'ummaformer' layout only: append TSN flow (feats/tsn/flow) to the RGB
+  # features; visual_dim is then 4096.
+  config.dataset.use_flow = False
+  # Audio features per second, for the length check of the validation;
+  # 0 = the layout's (mdp 50, ummaformer 12.5; generic: no check).
+  config.dataset.audio_rate = 0.0
+  # Validation tolerances: relative length difference (plus 2 frames), and
+  # seconds a segment may end past the video.
+  config.dataset.length_tolerance = 0.1
+  config.dataset.segment_tolerance_s = 0.1
+  # Read the features from records prepared once (input_pipeline/prepare.py:
+  # validated, then written as ArrayRecord shards through a TFDS builder,
+  # under `prepared_dir`, '' = {root}/prepared), not from the .npy files.
+  config.dataset.use_prepared = False
+  config.dataset.prepared_dir = ''
+  # Stored feature dtype: 'float32' (bit exact), 'float16' or 'bfloat16'
+  # (half the size; the model computes in model.dtype either way).
+  config.dataset.record_dtype = 'float32'
+  # Videos that fail validation: False = stop with a report naming them;
+  # True = leave them out, listed in validation_report.json.
+  config.dataset.skip_invalid = False
   config.dataset.visual_dim = 64
   config.dataset.audio_dim = 32
   # Evaluation pads each video to the smallest bucket that holds it (longer

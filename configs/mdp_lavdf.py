@@ -62,6 +62,7 @@ def get_config(arg=None):
   config.dataset.visual_dim = 2048
   config.dataset.audio_dim = 1024
   config.dataset.audio_align = 'avg_pool'
+  config.dataset.use_prepared = True
   # Train on all real videos plus the fakes with both modalities modified;
   # evaluate on LAV-DF dev, both-modified fakes only.
   config.dataset.train_split = 'train'
@@ -91,6 +92,7 @@ def get_config(arg=None):
 
   if arg == 'synthetic':
     config.dataset.name = 'synthetic'
+    config.dataset.use_prepared = False
     config.dataset.eval_split = 'test'
     config.dataset.eval_length_buckets = (128, 256, 512)
     config.dataset.num_frames = 128

@@ -10,14 +10,24 @@ its contiguous sub-slice of each global batch.
 Evaluation: videos at native length, padded to a few bucket lengths so the
 model compiles a handful of shapes; every process runs the same number of
 batches, with padding rows marked by `valid = 0` and `index = -1`.
+
+Both read a `FeatureSource`: `NpySource` (a `.npy` file per video and
+modality, the audio aligned on every read) or `prepare.PreparedSource`
+(records written once, read by random access, features in the stored dtype).
+Each batch is assembled in one numpy function, its videos loaded in a
+thread pool (reads and `np.take` release the GIL), into aligned buffers that
+tf.data takes without a copy; the batches are the same whatever the source
+(for float32 records).
 """
 
 import atexit
 from concurrent import futures
 import functools
+import queue
 import threading
 import time
-from typing import Sequence
+import types
+from typing import Optional, Sequence, Union
 
 import ml_collections
 import numpy as np
@@ -34,6 +44,13 @@ _STREAM_ORDER = 11
 _STREAM_WINDOW = 12
 # Threads reading `.npy` headers to plan evaluation batches (I/O bound).
 _NUM_HEADER_THREADS = 16
+# Threads loading the videos of batches (at most `FeatureSource.load_threads`
+# per batch): reads of files and records and np.take release the GIL.
+_NUM_LOAD_THREADS = 16
+# Batches assembled at the same time (on top of `dataset.prefetch`).
+_BATCHES_IN_FLIGHT = 2
+# TensorFlow's tensor alignment (EIGEN_MAX_ALIGN_BYTES).
+_TENSOR_ALIGN = 64
 
 _TRAIN_SAMPLINGS = ('crop', 'bins')
 _AUDIO_ALIGNS = ('avg_pool', 'linear')
@@ -89,6 +106,99 @@ _EXIT_GUARD = _ExitGuard()
 atexit.register(_EXIT_GUARD.drain)
 
 
+class _RowLoaders:
+  """Daemon threads that load the rows of batches.
+
+  Not a concurrent.futures pool: its exit hook runs before `_ExitGuard`'s
+  and refuses work that tf.data threads may still hand it. Daemon threads
+  are left alone at exit, like tf.data's own.
+  """
+
+  def __init__(self, num_threads: int):
+    self._tasks = queue.SimpleQueue()
+    for i in range(num_threads):
+      threading.Thread(target=self._work, name=f'wmmt_load_{i}',
+                       daemon=True).start()
+
+  def _work(self):
+    while True:
+      fn, arg, call = self._tasks.get()
+      try:
+        fn(arg)
+      except BaseException as e:  # pylint: disable=broad-except
+        call.errors.append(e)
+      finally:
+        call.done.release()
+
+  def run(self, fn, num: int):
+    """fn(i) for i < num, in the threads; raises the first error."""
+    call = types.SimpleNamespace(done=threading.Semaphore(0), errors=[])
+    for i in range(num):
+      self._tasks.put((fn, i, call))
+    for _ in range(num):
+      call.done.acquire()
+    if call.errors:
+      raise call.errors[0]
+
+
+_ROW_LOADERS = None
+_ROW_LOADERS_LOCK = threading.Lock()
+
+
+def _map_rows(fill, num_rows: int, num_tasks: int):
+  """fill(row) for each row of a batch, `num_tasks` rows at a time.
+
+  File and record reads and np.take release the GIL, so rows load in
+  parallel. The first error propagates.
+  """
+  global _ROW_LOADERS
+  with _ROW_LOADERS_LOCK:
+    if _ROW_LOADERS is None:
+      _ROW_LOADERS = _RowLoaders(_NUM_LOAD_THREADS)
+  num_tasks = max(1, min(num_tasks, num_rows))
+
+  def task(first):
+    for row in range(first, num_rows, num_tasks):
+      fill(row)
+
+  _ROW_LOADERS.run(task, num_tasks)
+
+
+def _aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
+  """np.empty whose data starts at a `_TENSOR_ALIGN`-byte boundary.
+
+  A numpy function's aligned outputs become tensors without a copy;
+  misaligned ones (large numpy arrays start 16 bytes into a page) are
+  copied element by element, at about 1 GB/s on a 2-core VM: for a batch of
+  real-width features, longer than reading them.
+  """
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + _TENSOR_ALIGN, np.uint8)
+  offset = -raw.ctypes.data % _TENSOR_ALIGN
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _map_batches(ds: tf.data.Dataset, batch_fn, placeholder, dtypes,
+                 shapes: dict[str, list]) -> tf.data.Dataset:
+  """Maps each key of `ds` to the batch dict that `batch_fn(key)` builds.
+
+  `batch_fn` returns numpy arrays, in the order of `shapes` and with
+  `dtypes`; allocated with `_aligned_empty`, the large ones reach tf.data
+  without a copy. `placeholder(key)` stands in once the interpreter exits
+  (`_ExitGuard`). `_BATCHES_IN_FLIGHT` batches are built at a time.
+  """
+  def build(key):
+    out = tf.numpy_function(
+        functools.partial(_EXIT_GUARD.call, batch_fn, placeholder), [key],
+        [tf.as_dtype(d) for d in dtypes], stateful=False)
+    return {name: tf.ensure_shape(x, shape)
+            for (name, shape), x in zip(shapes.items(), out)}
+
+  return ds.map(build, num_parallel_calls=_BATCHES_IN_FLIGHT,
+                deterministic=True)
+
+
 # Named subsets of a split, by video class (`dataset.train_subset`,
 # `dataset.eval_subset`).
 SUBSETS = {
@@ -120,6 +230,35 @@ def select_subset(records: Sequence[formats.VideoRecord], subset: str,
   return [r for r in records if r.label in labels]
 
 
+def dataset_root(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The directory holding `config.dataset`'s metadata and features.
+
+  The synthetic dataset is written on first use under `dataset.root` (or
+  `{workdir}/data` if empty); 'lavdf' and 'avdeepfake1m' need `dataset.root`.
+  """
+  name = config.dataset.name
+  if name == 'synthetic':
+    return synthetic.ensure_synthetic_dataset(
+        config.dataset.root or f'{workdir}/data', config)
+  if name not in ('lavdf', 'avdeepfake1m'):
+    raise ValueError(f"dataset.name: unknown dataset {name!r}; expected "
+                     "'synthetic', 'lavdf' or 'avdeepfake1m'.")
+  if not config.dataset.root:
+    raise ValueError(f'dataset.root: set it to the {name} directory that '
+                     'holds its metadata and feats/ (--config.dataset.root'
+                     '=...).')
+  return config.dataset.root
+
+
+def metadata_path(config: ml_collections.ConfigDict, root: str,
+                  split: str) -> str:
+  """The metadata file of a split: LAV-DF's one `metadata.json` (also the
+  synthetic dataset's), AV-Deepfake1M's `{split}_metadata.json`."""
+  if config.dataset.name == 'avdeepfake1m':
+    return f'{root}/{split}_metadata.json'
+  return f'{root}/metadata.json'
+
+
 def get_records(config: ml_collections.ConfigDict, workdir: str,
                 split: str, subset: str = 'all',
                 subset_key: str = 'subset',
@@ -128,33 +267,24 @@ def get_records(config: ml_collections.ConfigDict, workdir: str,
 
   For `dataset.name == 'synthetic'` the dataset is written on first use under
   `dataset.root` (or `{workdir}/data` if empty); for 'lavdf', `dataset.root`
-  holds LAV-DF's `metadata.json` and the features in `dataset.layout`.
+  holds LAV-DF's `metadata.json`, for 'avdeepfake1m' its
+  `{train,val}_metadata.json`, and the features in `dataset.layout`.
   `subset` (a key of `SUBSETS`) keeps the videos of some classes only;
   `subset_key` is the config key that named it, for errors.
   """
-  name = config.dataset.name
-  if name == 'synthetic':
-    root = synthetic.ensure_synthetic_dataset(
-        config.dataset.root or f'{workdir}/data', config)
-  elif name == 'lavdf':
-    root = config.dataset.root
-    if not root:
-      raise ValueError('dataset.root: set it to the LAV-DF directory that '
-                       'holds metadata.json and feats/ (--config.dataset.root'
-                       '=...).')
+  root = dataset_root(config, workdir)
+  path = metadata_path(config, root, split)
+  if config.dataset.name == 'avdeepfake1m':
+    records = formats.read_avdeepfake1m_metadata(path, splits=[split])
   else:
-    raise ValueError(f"dataset.name: unknown dataset {name!r}; expected "
-                     "'synthetic' or 'lavdf'.")
-  records = formats.read_lavdf_metadata(f'{root}/metadata.json',
-                                        splits=[split])
+    records = formats.read_lavdf_metadata(path, splits=[split])
   if not records:
-    raise ValueError(f'{root}/metadata.json: no entries with split '
-                     f'{split!r} (dataset.train_split / dataset.eval_split).')
+    raise ValueError(f'{path}: no entries with split {split!r} '
+                     '(dataset.train_split / dataset.eval_split).')
   selected = select_subset(records, subset, subset_key)
   if not selected:
     raise ValueError(f'{subset_key}={subset!r}: none of the {len(records)} '
-                     f'videos of split {split!r} in {root}/metadata.json '
-                     'belongs to it.')
+                     f'videos of split {split!r} in {path} belongs to it.')
   return selected, root
 
 
@@ -189,15 +319,84 @@ def load_aligned(config: ml_collections.ConfigDict, root: str,
 
   Returns:
     visual `[T_v, Dv]` float32 and audio `[T_v, Da]` float32 (resampled in
-    time with `dataset.audio_align`).
+    time with `dataset.audio_align`); see `formats.load_video_features`.
   """
-  visual_path, audio_path = formats.feature_paths(
-      root, config.dataset.layout, record.split, record.video_id)
-  visual, audio = formats.load_features(visual_path, audio_path,
-                                        config.dataset.visual_dim,
-                                        config.dataset.audio_dim)
-  return visual, formats.align_audio(audio, visual.shape[0],
-                                     config.dataset.audio_align)
+  return formats.load_video_features(root, config.dataset, record.split,
+                                     record.video_id)
+
+
+class FeatureSource:
+  """Where the pipelines read each video's features from.
+
+  Two implementations: `NpySource` (one `.npy` file per video and modality,
+  aligned on every read) and `prepare.PreparedSource` (ArrayRecord examples
+  written once by `prepare.ensure_prepared`).
+
+  Attributes:
+    records: the videos; pipeline indices point into this list.
+    dtype: numpy dtype of the features `load` returns; the batches carry it
+      (float16 / bfloat16 records stay half width until the device).
+    visual_dim: Dv.
+    audio_dim: Da.
+    load_threads: videos of a batch loaded at a time.
+  """
+
+  records: Sequence[formats.VideoRecord]
+  dtype: np.dtype = np.dtype(np.float32)
+  visual_dim: int
+  audio_dim: int
+  # Many: `.npy` reads from remote storage mostly wait.
+  load_threads: int = _NUM_LOAD_THREADS
+
+  def length(self, i: int) -> int:
+    """Native visual length T_v of video i."""
+    raise NotImplementedError
+
+  def lengths(self) -> np.ndarray:
+    """`[N]` native lengths of all videos (plans evaluation batches)."""
+    return np.array([self.length(i) for i in range(len(self.records))],
+                    np.int64)
+
+  def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """visual `[T_v, Dv]` and audio `[T_v, Da]` (aligned), in `dtype`."""
+    raise NotImplementedError
+
+
+class NpySource(FeatureSource):
+  """Per-video `.npy` files in `dataset.layout`, aligned on every read."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               records: Sequence[formats.VideoRecord], root: str):
+    self.records = list(records)
+    self.visual_dim = config.dataset.visual_dim
+    self.audio_dim = config.dataset.audio_dim
+    self._config = config
+    self._root = root
+
+  def length(self, i: int) -> int:
+    return feature_lengths(self._config, self._root, self.records[i:i + 1])[0]
+
+  def lengths(self) -> np.ndarray:
+    return np.array(feature_lengths(self._config, self._root, self.records),
+                    np.int64)
+
+  def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    # Looked up at call time: tests replace `load_aligned`.
+    return load_aligned(self._config, self._root, self.records[i])
+
+
+def as_source(config: ml_collections.ConfigDict, records_or_source,
+              root: Optional[str]) -> FeatureSource:
+  """A FeatureSource as is, or records + root as an `NpySource`."""
+  if isinstance(records_or_source, FeatureSource):
+    if root is not None:
+      raise ValueError('root is only used with a list of records; a '
+                       'FeatureSource knows where its features are.')
+    return records_or_source
+  if root is None:
+    raise ValueError('A list of records needs the dataset root its .npy '
+                     'features live in (or pass a FeatureSource).')
+  return NpySource(config, records_or_source, root)
 
 
 @functools.lru_cache(maxsize=8)
@@ -248,9 +447,28 @@ def bin_frames(rng: np.random.Generator, length: int,
   return rng.integers(start, high + 1)
 
 
+def train_frames(length: int, num_frames: int, sampling: str,
+                 rng: np.random.Generator) -> np.ndarray:
+  """Frames of one training example: `[n]` indices into `[0, length)`.
+
+  'crop': a random window of T frames if length > T, else the whole video
+  (n = length < T: the example is zero-padded to T); 'bins': `bin_frames`
+  (n = T). Draws from `rng` exactly as `train_window`.
+  """
+  if sampling == 'bins':
+    return bin_frames(rng, length, num_frames)
+  if sampling != 'crop':
+    raise ValueError(f'dataset.train_sampling: unknown sampling {sampling!r}; '
+                     f'expected one of {_TRAIN_SAMPLINGS}.')
+  if length >= num_frames:
+    start = int(rng.integers(0, length - num_frames + 1))
+    return np.arange(start, start + num_frames)
+  return np.arange(length)
+
+
 def train_window(visual: np.ndarray, audio: np.ndarray, num_frames: int,
                  sampling: str, rng: np.random.Generator):
-  """Cuts one training example of exactly T frames.
+  """Cuts one training example of exactly T frames (numpy reference).
 
   Args:
     visual: `[L, Dv]` features.
@@ -263,18 +481,8 @@ def train_window(visual: np.ndarray, audio: np.ndarray, num_frames: int,
   Returns:
     visual `[T, Dv]`, audio `[T, Da]`, mask `[T]` float32 (1 = real frame).
   """
-  length = visual.shape[0]
-  if sampling == 'bins':
-    idx = bin_frames(rng, length, num_frames)
-    return visual[idx], audio[idx], np.ones(num_frames, np.float32)
-  if sampling != 'crop':
-    raise ValueError(f'dataset.train_sampling: unknown sampling {sampling!r}; '
-                     f'expected one of {_TRAIN_SAMPLINGS}.')
-  if length >= num_frames:
-    start = int(rng.integers(0, length - num_frames + 1))
-    return (visual[start:start + num_frames], audio[start:start + num_frames],
-            np.ones(num_frames, np.float32))
-  return _pad_to(visual, audio, num_frames)
+  idx = train_frames(visual.shape[0], num_frames, sampling, rng)
+  return _pad_to(visual[idx], audio[idx], num_frames)
 
 
 def _pad_to(visual: np.ndarray, audio: np.ndarray, length: int):
@@ -292,16 +500,19 @@ def _options() -> tf.data.Options:
   return options
 
 
-def create_train_dataset(config: ml_collections.ConfigDict,
-                         records: Sequence[formats.VideoRecord], root: str, *,
-                         start_step: int = 0, process_index: int = 0,
-                         process_count: int = 1) -> tf.data.Dataset:
+def create_train_dataset(
+    config: ml_collections.ConfigDict,
+    source: Union[FeatureSource, Sequence[formats.VideoRecord]],
+    root: Optional[str] = None, *, start_step: int = 0, process_index: int = 0,
+    process_count: int = 1) -> tf.data.Dataset:
   """Infinite training batches of this process, starting at `start_step`.
 
   Args:
     config: reads `seed`, `batch_size` (global) and `dataset.*`.
-    records: the training records.
-    root: dataset root the features live in.
+    source: the training videos: a FeatureSource (e.g.
+      `prepare.PreparedSource`), or a list of records whose `.npy` features
+      live under `root`.
+    root: dataset root, with a list of records only.
     start_step: global step of the first batch (resume); nothing earlier is
       loaded.
     process_index: this process.
@@ -309,9 +520,9 @@ def create_train_dataset(config: ml_collections.ConfigDict,
 
   Returns:
     A dataset of dicts, b = batch_size / process_count, T =
-    `dataset.num_frames`: `visual` `[b, T, Dv]` float32, `audio` `[b, T, Da]`
-    float32, `mask` `[b, T]` float32 (1 = real frame, 0 = padding), `label`
-    `[b]` int32.
+    `dataset.num_frames`: `visual` `[b, T, Dv]` and `audio` `[b, T, Da]` in
+    `source.dtype` (float32 for `.npy` and float32 records), `mask` `[b, T]`
+    float32 (1 = real frame, 0 = padding), `label` `[b]` int32.
   """
   _check_dataset_config(config)
   b = _per_process(config.batch_size, process_index, process_count,
@@ -321,58 +532,52 @@ def create_train_dataset(config: ml_collections.ConfigDict,
     raise ValueError(f'dataset.train_sampling: unknown sampling '
                      f'{ds_config.train_sampling!r}; expected one of '
                      f'{_TRAIN_SAMPLINGS}.')
-  if not records:
+  source = as_source(config, source, root)
+  if not source.records:
     raise ValueError('create_train_dataset: no training records.')
-  records = list(records)
+  num_records = len(source.records)
+  labels = np.array([r.label for r in source.records], np.int32)
   seed, global_batch, t = config.seed, config.batch_size, ds_config.num_frames
-  dims = ds_config.visual_dim, ds_config.audio_dim
+  sampling = ds_config.train_sampling
+  dims, dtype = (source.visual_dim, source.audio_dim), source.dtype
 
-  def indices_fn(step):
-    return train_indices(seed, len(records), global_batch, int(step),
-                         process_index, process_count)
+  def batch_fn(step):
+    step = int(step)
+    index = train_indices(seed, num_records, global_batch, step,
+                          process_index, process_count)
+    visual = _aligned_empty((b, t, dims[0]), dtype)
+    audio = _aligned_empty((b, t, dims[1]), dtype)
+    mask = np.zeros((b, t), np.float32)
 
-  def placeholder(step, slot, index):
-    del step, slot, index
-    return (np.zeros((t, dims[0]), np.float32),
-            np.zeros((t, dims[1]), np.float32), np.zeros(t, np.float32),
-            np.int32(0))
+    def fill(row):
+      video_visual, video_audio = source.load(int(index[row]))
+      # Drawn from (seed, step, global slot): the same window whatever the
+      # process count, and exact on resume.
+      slot = process_index * b + row
+      rng = np.random.default_rng([seed, _STREAM_WINDOW, step, slot])
+      idx = train_frames(video_visual.shape[0], t, sampling, rng)
+      n = len(idx)
+      # Straight into the batch (the indices are in range; 'clip' spares
+      # numpy a temporary); np.take runs outside the GIL.
+      np.take(video_visual, idx, axis=0, out=visual[row, :n], mode='clip')
+      np.take(video_audio, idx, axis=0, out=audio[row, :n], mode='clip')
+      visual[row, n:] = 0
+      audio[row, n:] = 0
+      mask[row, :n] = 1.0
 
-  def load_fn(step, slot, index):
-    record = records[index]
-    visual, audio = load_aligned(config, root, record)
-    # Drawn from (seed, step, global slot): the same window whatever the
-    # process count, and exact on resume.
-    rng = np.random.default_rng([seed, _STREAM_WINDOW, int(step), int(slot)])
-    visual, audio, mask = train_window(visual, audio, t,
-                                       ds_config.train_sampling, rng)
-    return visual, audio, mask, np.int32(record.label)
+    _map_rows(fill, b, source.load_threads)
+    return visual, audio, mask, labels[index]
 
-  def step_examples(step):
-    index = tf.numpy_function(
-        functools.partial(_EXIT_GUARD.call, indices_fn, indices_fn), [step],
-        tf.int64, stateful=False)
-    index = tf.ensure_shape(index, [b])
-    slot = tf.range(process_index * b, (process_index + 1) * b,
-                    dtype=tf.int64)
-    return tf.fill([b], step), slot, index
+  def placeholder(step):
+    del step
+    return (np.zeros((b, t, dims[0]), dtype), np.zeros((b, t, dims[1]), dtype),
+            np.zeros((b, t), np.float32), np.zeros(b, np.int32))
 
-  def load(step, slot, index):
-    visual, audio, mask, label = tf.numpy_function(
-        functools.partial(_EXIT_GUARD.call, load_fn, placeholder),
-        [step, slot, index], [tf.float32, tf.float32, tf.float32, tf.int32],
-        stateful=False)
-    return {
-        'visual': tf.ensure_shape(visual, [t, dims[0]]),
-        'audio': tf.ensure_shape(audio, [t, dims[1]]),
-        'mask': tf.ensure_shape(mask, [t]),
-        'label': tf.ensure_shape(label, []),
-    }
-
+  shapes = dict(visual=[b, t, dims[0]], audio=[b, t, dims[1]], mask=[b, t],
+                label=[b])
+  dtypes = [dtype, dtype, np.float32, np.int32]
   ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
-  ds = ds.map(step_examples).unbatch()
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # Each step contributes exactly b examples, so batches align with steps.
-  ds = ds.batch(b, drop_remainder=True)
+  ds = _map_batches(ds, batch_fn, placeholder, dtypes, shapes)
   return ds.prefetch(ds_config.prefetch).with_options(_options())
 
 
@@ -407,18 +612,10 @@ def eval_plan(lengths: Sequence[int], buckets: Sequence[int],
 def feature_lengths(config: ml_collections.ConfigDict, root: str,
                     records: Sequence[formats.VideoRecord]) -> list[int]:
   """Native visual lengths T_v, from the `.npy` headers only."""
-  paths = [
-      formats.feature_paths(root, config.dataset.layout, r.split,
-                            r.video_id)[0] for r in records
-  ]
   with futures.ThreadPoolExecutor(_NUM_HEADER_THREADS) as pool:
-    shapes = list(pool.map(formats.read_npy_shape, paths))
-  for path, shape in zip(paths, shapes):
-    if len(shape) != 2 or shape[0] == 0:
-      raise ValueError(f'{path}: expected a non-empty 2-D [time, '
-                       f'{config.dataset.visual_dim}] feature array, got '
-                       f'shape {shape}.')
-  return [shape[0] for shape in shapes]
+    return list(pool.map(
+        lambda r: formats.read_visual_length(root, config.dataset, r.split,
+                                             r.video_id), records))
 
 
 class EvalBatches:
@@ -436,8 +633,9 @@ class EvalBatches:
 
 
 def create_eval_dataset(
-    config: ml_collections.ConfigDict, records: Sequence[formats.VideoRecord],
-    root: str, *, process_index: int = 0,
+    config: ml_collections.ConfigDict,
+    source: Union[FeatureSource, Sequence[formats.VideoRecord]],
+    root: Optional[str] = None, *, process_index: int = 0,
     process_count: int = 1) -> tuple[EvalBatches, int]:
   """Evaluation batches of this process at native length.
 
@@ -447,14 +645,21 @@ def create_eval_dataset(
   processes like training batches, so each process runs the same number of
   batches (some rows, or whole batches, are padding).
 
+  Args:
+    config: reads `eval.batch_size` and `dataset.*`.
+    source: the evaluation videos: a FeatureSource, or a list of records
+      whose `.npy` features live under `root`.
+    root: dataset root, with a list of records only.
+    process_index: this process.
+    process_count: number of processes.
+
   Returns:
     (batches, num_batches); `batches` can be iterated any number of times
     and yields dicts of numpy arrays. Each batch (b = eval.batch_size /
-    process_count, L = its bucket length): `visual` `[b, L, Dv]` float32,
-    `audio`
-    `[b, L, Da]` float32, `mask` `[b, L]` float32 (native length in ones),
-    `label` `[b]` int32, `index` `[b]` int32 (into `records`, -1 = padding),
-    `valid` `[b]` float32 (1 = a real row).
+    process_count, L = its bucket length): `visual` `[b, L, Dv]` and `audio`
+    `[b, L, Da]` in `source.dtype`, `mask` `[b, L]` float32 (native length
+    in ones), `label` `[b]` int32, `index` `[b]` int32 (into the records, -1
+    = padding), `valid` `[b]` float32 (1 = a real row).
   """
   _check_dataset_config(config)
   b = _per_process(config.eval.batch_size, process_index, process_count,
@@ -463,49 +668,53 @@ def create_eval_dataset(
   if not buckets or min(buckets) < 1:
     raise ValueError(f'dataset.eval_length_buckets = {buckets!r}: expected '
                      'one or more lengths >= 1.')
-  records = list(records)
-  plan = eval_plan(feature_lengths(config, root, records), buckets,
-                   config.eval.batch_size)
-  rows = np.array([i for _, chunk in plan
-                   for i in chunk[process_index * b:(process_index + 1) * b]],
-                  np.int64)
-  row_lengths = np.repeat(np.array([n for n, _ in plan], np.int64), b)
-  dims = config.dataset.visual_dim, config.dataset.audio_dim
+  source = as_source(config, source, root)
+  plan = eval_plan(source.lengths(), buckets, config.eval.batch_size)
+  # This process's rows of each global batch.
+  rows = [chunk[process_index * b:(process_index + 1) * b] for _, chunk in plan]
+  labels = np.array([r.label for r in source.records], np.int32)
+  dims, dtype = (source.visual_dim, source.audio_dim), source.dtype
 
-  def padding_row(index, length):
-    del index
-    return (np.zeros((length, dims[0]), np.float32),
-            np.zeros((length, dims[1]), np.float32),
-            np.zeros(length, np.float32), np.int32(0))
+  def batch_fn(k):
+    length, index = plan[int(k)][0], rows[int(k)]
+    visual = _aligned_empty((b, length, dims[0]), dtype)
+    audio = _aligned_empty((b, length, dims[1]), dtype)
+    mask = np.zeros((b, length), np.float32)
 
-  def load_fn(index, length):
-    if index < 0:
-      return padding_row(index, length)
-    record = records[index]
-    visual, audio = load_aligned(config, root, record)
-    if visual.shape[0] > length:
-      raise ValueError(
-          f'{record.file}: {visual.shape[0]} visual frames, but its feature '
-          f'file had at most {length} when the batches were planned.')
-    return _pad_to(visual, audio, int(length)) + (np.int32(record.label),)
+    def fill(row):
+      n = 0
+      if index[row] >= 0:
+        record = source.records[index[row]]
+        video_visual, video_audio = source.load(int(index[row]))
+        n = video_visual.shape[0]
+        if n > length:
+          raise ValueError(
+              f'{record.file}: {n} visual frames, but its features had at '
+              f'most {length} when the batches were planned.')
+        visual[row, :n] = video_visual
+        audio[row, :n] = video_audio
+        mask[row, :n] = 1.0
+      visual[row, n:] = 0
+      audio[row, n:] = 0
 
-  def load(index, length):
-    visual, audio, mask, label = tf.numpy_function(
-        functools.partial(_EXIT_GUARD.call, load_fn, padding_row),
-        [index, length], [tf.float32, tf.float32, tf.float32, tf.int32],
-        stateful=False)
-    return {
-        'visual': tf.ensure_shape(visual, [None, dims[0]]),
-        'audio': tf.ensure_shape(audio, [None, dims[1]]),
-        'mask': tf.ensure_shape(mask, [None]),
-        'label': tf.ensure_shape(label, []),
-        'index': tf.cast(index, tf.int32),
-        'valid': tf.cast(index >= 0, tf.float32),
-    }
+    _map_rows(fill, b, source.load_threads)
+    valid = index >= 0
+    return (visual, audio, mask, np.where(valid, labels[index], 0),
+            index.astype(np.int32), valid.astype(np.float32))
 
-  ds = tf.data.Dataset.from_tensor_slices((rows, row_lengths))
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # Rows of one batch share a length, so plain batching keeps the buckets.
-  ds = ds.batch(b, drop_remainder=True)
+  def placeholder(k):
+    length = plan[int(k)][0]
+    return (np.zeros((b, length, dims[0]), dtype),
+            np.zeros((b, length, dims[1]), dtype),
+            np.zeros((b, length), np.float32), np.zeros(b, np.int32),
+            np.full(b, -1, np.int32), np.zeros(b, np.float32))
+
+  visual, audio, mask, label, index, valid = [b, None, dims[0]], [
+      b, None, dims[1]], [b, None], [b], [b], [b]
+  shapes = dict(visual=visual, audio=audio, mask=mask, label=label,
+                index=index, valid=valid)
+  dtypes = [dtype, dtype, np.float32, np.int32, np.int32, np.float32]
+  ds = tf.data.Dataset.range(len(plan))
+  ds = _map_batches(ds, batch_fn, placeholder, dtypes, shapes)
   ds = ds.prefetch(config.dataset.prefetch).with_options(_options())
   return EvalBatches(ds, len(plan)), len(plan)

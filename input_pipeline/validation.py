@@ -367,8 +367,9 @@ def validate_dataset(root: str, dataset_config: ml_collections.ConfigDict,
   """
   records = list(records)
   layout = dataset_config.layout
-  audio_rate = dataset_config.get('audio_rate',
-                                  formats.LAYOUT_AUDIO_RATES.get(layout))
+  # 0 (the config default) or absent: the layout's own rate.
+  audio_rate = (dataset_config.get('audio_rate', 0.0) or
+                formats.LAYOUT_AUDIO_RATES.get(layout))
   tolerance = float(dataset_config.get('length_tolerance', 0.1))
   segment_tolerance_s = float(dataset_config.get('segment_tolerance_s', 0.1))
   formats.feature_specs(root, dataset_config, 'train', 'x')  # Checks config.

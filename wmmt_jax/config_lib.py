@@ -55,7 +55,9 @@ def validate(config, num_devices):
               'loss.weight_v', 'loss.weight_a', 'loss.weight_dp'):
     _positive(config, key, allow_zero=True)
   for key in ('skip_nonfinite_updates', 'resume_allow_config_changes',
-              'eval.drop_gt_without_proposals', 'eval.plots'):
+              'eval.drop_gt_without_proposals', 'eval.plots',
+              'dataset.use_flow', 'dataset.use_prepared',
+              'dataset.skip_invalid'):
     _bool(config, key)
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise ValueError('model.dropout_rate: expected a value in [0, 1), got '
@@ -108,6 +110,13 @@ def validate(config, num_devices):
   _choice(config, 'dataset.train_sampling', ('crop', 'bins'))
   _choice(config, 'dataset.audio_align', ('avg_pool', 'linear'))
   _choice(config, 'dataset.name', ('synthetic', 'lavdf', 'avdeepfake1m'))
+  _choice(config, 'dataset.record_dtype', ('float32', 'float16', 'bfloat16'))
+  for key in ('dataset.audio_rate', 'dataset.length_tolerance',
+              'dataset.segment_tolerance_s'):
+    _positive(config, key, allow_zero=True)
+  if config.dataset.use_flow and config.dataset.layout != 'ummaformer':
+    raise ValueError('dataset.use_flow=True needs dataset.layout='
+                     f"'ummaformer' (TSN flow), got {config.dataset.layout!r}.")
   _choice(config, 'dataset.layout', input_pipeline.formats.LAYOUTS)
   if (config.loss.use_dp and config.loss.dp_objective != 'm' and
       not config.model.multitask):

@@ -35,7 +35,10 @@ import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from jax.experimental import multihost_utils
+
 import input_pipeline
+from input_pipeline import prepare
 from wmmt_jax import compiles
 from wmmt_jax import config_lib
 from wmmt_jax import errors
@@ -204,6 +207,7 @@ def make_train_step(model, tx, config):
 
   def train_step(state, batch):
     rng = jax.random.fold_in(dropout_key, state.step)
+    batch = as_float32(batch)
 
     def loss_fn(params):
       outputs = model.apply({'params': params}, batch['visual'],
@@ -233,6 +237,32 @@ def make_train_step(model, tx, config):
                          skipped_steps=skipped_steps), metrics
 
   return train_step
+
+
+def as_float32(batch):
+  """Features of half-precision records (`dataset.record_dtype`) as float32,
+  on the device: the host sends half the bytes."""
+  return dict(batch, **{k: batch[k].astype(jnp.float32)
+                        for k in ('visual', 'audio')})
+
+
+def feature_source(config, workdir, split, records, root):
+  """The pipelines' source of `records`: `.npy` files or prepared records.
+
+  With `dataset.use_prepared`, the first run validates the dataset and
+  prepares it (`input_pipeline.prepare`); on several processes process 0
+  does that while the others wait, then all read it. A dataset that fails
+  validation raises InputDataError with the validation's report.
+  """
+  try:
+    if config.dataset.use_prepared and jax.process_count() > 1:
+      if jax.process_index() == 0:
+        prepare.ensure_prepared(config, workdir)
+      multihost_utils.sync_global_devices('wmmt_jax: dataset prepared')
+    return prepare.create_source(config, workdir, split, records, root)
+  except (ValueError, FileNotFoundError) as e:
+    raise errors.InputDataError(f'Preparing the {split} split of '
+                                f'{config.dataset.name} failed: {e}') from e
 
 
 def jit_train_step(train_step, mesh, state_shardings):
@@ -543,7 +573,9 @@ def evaluate_checkpoint(config, workdir):
   eval_records, root = input_pipeline.get_records(
       config, workdir, config.dataset.eval_split, config.dataset.eval_subset,
       'dataset.eval_subset')
-  evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
+  evaluator = inference.Evaluator(
+      model, config, feature_source(config, workdir, config.dataset.eval_split,
+                                    eval_records, root), None, mesh)
   results = _evaluate(evaluator, variables['params'])
   results.update(step=0, checkpoint=config.eval.checkpoint)
   writer = create_writer(workdir, is_chief)
@@ -604,6 +636,10 @@ def train_and_evaluate(config, workdir):
   eval_records, _ = input_pipeline.get_records(
       config, workdir, config.dataset.eval_split, config.dataset.eval_subset,
       'dataset.eval_subset')
+  train_source = feature_source(config, workdir, config.dataset.train_split,
+                                records, root)
+  eval_source = feature_source(config, workdir, config.dataset.eval_split,
+                               eval_records, root)
   checkpoint_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_SUBDIR)
   incomplete = workdir_lib.incomplete_checkpoints(checkpoint_dir)
   if incomplete:
@@ -627,12 +663,12 @@ def train_and_evaluate(config, workdir):
   train_step = jit_train_step(make_train_step(model, tx, config), mesh,
                               state_shardings)
   train_ds = input_pipeline.create_train_dataset(
-      config, records, root, start_step=initial_step,
+      config, train_source, start_step=initial_step,
       process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = iter(train_ds.as_numpy_iterator())
   report = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, writer=writer)
-  evaluator = inference.Evaluator(model, config, eval_records, root, mesh)
+  evaluator = inference.Evaluator(model, config, eval_source, None, mesh)
 
   history = []
   # XLA compiles of the training loop, evaluations left out: one for the

@@ -25,6 +25,8 @@ def make_eval_step(model, use_experts, chunk_size=0, task=''):
   """
 
   def eval_step(params, batch):
+    batch = dict(batch, **{k: batch[k].astype(jnp.float32)
+                           for k in ('visual', 'audio')})
     if (chunk_size and isinstance(model, wmmt.WMMT) and
         batch['visual'].shape[1] > chunk_size):
       outputs = long_video.forward(model, params, batch['visual'],
@@ -126,7 +128,13 @@ class Evaluator:
   """
 
   def __init__(self, model, config, records, root, mesh):
+    """Args: the model, the run's config, the split's records and their
+    dataset root (or an `input_pipeline.pipeline.FeatureSource` and None),
+    and the mesh."""
     self._config = config
+    self._source = records
+    if isinstance(records, input_pipeline.pipeline.FeatureSource):
+      records = records.records
     self._records = records
     self._root = root
     self._mesh = mesh
@@ -152,7 +160,7 @@ class Evaluator:
     video_probs = np.zeros((n, 4), np.float32)
     proposals = {}
     batches, _ = input_pipeline.create_eval_dataset(
-        self._config, self._records, self._root,
+        self._config, self._source, self._root,
         process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
       batch = {k: batch[k] for k in ('visual', 'audio', 'mask', 'index',
