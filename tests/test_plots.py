@@ -39,6 +39,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('plots'))
   config = default.get_config('tiny')
   config.eval.protocol = 'wmmt'
+  config.eval.plots = True  # Off in the tiny config.
   model = train.create_model(config)
   t = config.dataset.num_frames
   params = jax.jit(model.init, static_argnames='train')(
