@@ -1,7 +1,6 @@
 """Tests of input_pipeline/pipeline.py: deterministic train and eval data."""
 
 import dataclasses
-import itertools
 import os
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import batch_testing
 
 from configs import default
 from input_pipeline import formats
@@ -61,25 +62,13 @@ def test_lavdf_reads_a_dataset_in_lavdf_layout(data):
   del config
 
 
-def _take(ds, n):
-  return list(itertools.islice(ds.as_numpy_iterator(), n))
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-
-
 @pytest.mark.parametrize('sampling', ['crop', 'bins'])
 def test_train_shapes_and_masks(data, sampling):
   config, train, _, root = data
   config = config.copy_and_resolve_references()
   config.dataset.train_sampling = sampling
   ds = pipeline.create_train_dataset(config, train, root)
-  for step, batch in enumerate(_take(ds, 6)):
+  for step, batch in enumerate(batch_testing.take(ds, 6)):
     assert batch['visual'].shape == (4, 40, 8)
     assert batch['audio'].shape == (4, 40, 4)
     assert batch['mask'].shape == (4, 40)
@@ -103,7 +92,7 @@ def test_train_shapes_and_masks(data, sampling):
 
 def test_train_crop_is_a_window_of_aligned_features(data):
   config, train, _, root = data
-  batches = _take(pipeline.create_train_dataset(config, train, root), 4)
+  batches = batch_testing.take(pipeline.create_train_dataset(config, train, root), 4)
   for step, batch in enumerate(batches):
     index = pipeline.train_indices(config.seed, len(train), 4, step)
     for row, i in enumerate(index):
@@ -146,15 +135,15 @@ def test_bin_frames_matches_mdp_bins():
 
 def test_train_is_deterministic_and_resumable(data):
   config, train, _, root = data
-  first = _take(pipeline.create_train_dataset(config, train, root), 7)
-  again = _take(pipeline.create_train_dataset(config, train, root), 7)
-  _assert_batches_equal(first, again)
-  resumed = _take(
+  first = batch_testing.take(pipeline.create_train_dataset(config, train, root), 7)
+  again = batch_testing.take(pipeline.create_train_dataset(config, train, root), 7)
+  batch_testing.assert_batches_equal(first, again)
+  resumed = batch_testing.take(
       pipeline.create_train_dataset(config, train, root, start_step=3), 4)
-  _assert_batches_equal(first[3:], resumed)
+  batch_testing.assert_batches_equal(first[3:], resumed)
   other_seed = config.copy_and_resolve_references()
   other_seed.seed = 4
-  different = _take(pipeline.create_train_dataset(other_seed, train, root), 1)
+  different = batch_testing.take(pipeline.create_train_dataset(other_seed, train, root), 1)
   assert not np.array_equal(first[0]['visual'], different[0]['visual'])
 
 
@@ -165,18 +154,18 @@ def test_start_step_loads_nothing_before_it(data):
   index = set(pipeline.train_indices(config.seed, len(train), 4, 1000))
   broken = [r if i in index else dataclasses.replace(r, video_id='missing')
             for i, r in enumerate(train)]
-  batch = _take(pipeline.create_train_dataset(config, broken, root,
+  batch = batch_testing.take(pipeline.create_train_dataset(config, broken, root,
                                               start_step=1000), 1)[0]
-  full = _take(pipeline.create_train_dataset(config, train, root,
+  full = batch_testing.take(pipeline.create_train_dataset(config, train, root,
                                              start_step=1000), 1)[0]
-  _assert_batches_equal([batch], [full])
+  batch_testing.assert_batches_equal([batch], [full])
 
 
 def test_processes_concatenate_to_the_global_batch(data):
   config, train, _, root = data
-  single = _take(pipeline.create_train_dataset(config, train, root), 5)
+  single = batch_testing.take(pipeline.create_train_dataset(config, train, root), 5)
   per_process = [
-      _take(pipeline.create_train_dataset(config, train, root,
+      batch_testing.take(pipeline.create_train_dataset(config, train, root,
                                           process_index=p, process_count=2),
             5) for p in range(2)
   ]
@@ -230,7 +219,7 @@ def test_missing_features_name_the_file(data):
   broken = [dataclasses.replace(r, video_id='nope') for r in train]
   ds = pipeline.create_train_dataset(config, broken, root)
   with pytest.raises(tf.errors.OpError, match=r'feats/tsn/rgb/train/nope.npy'):
-    _take(ds, 1)
+    batch_testing.take(ds, 1)
 
 
 def _eval_batches(config, records, root, process_index=0, process_count=1):
@@ -276,7 +265,7 @@ def test_eval_covers_every_record_once(data):
   assert lengths == sorted(lengths)
   # Re-iterable: a second pass gives the same batches.
   again, _ = pipeline.create_eval_dataset(config, test, root)
-  _assert_batches_equal(list(again), batches)
+  batch_testing.assert_batches_equal(list(again), batches)
 
 
 def test_eval_processes(data):

@@ -1,6 +1,5 @@
 """Tests of input_pipeline/prepare.py and tfds_builder.py: prepared records."""
 
-import itertools
 import os
 import socket
 import subprocess
@@ -11,6 +10,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+
+import batch_testing
 
 from configs import default
 from input_pipeline import formats
@@ -37,19 +38,6 @@ def prepared(workdir):
   """{record_dtype: data_dir} of the tiny synthetic dataset."""
   return {dtype: prepare.ensure_prepared(tiny_config(dtype), workdir)
           for dtype in ('float32', 'float16', 'bfloat16')}
-
-
-def _take(ds, n):
-  return list(itertools.islice(ds.as_numpy_iterator(), n))
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      assert x[k].dtype == y[k].dtype, k
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def test_float32_round_trip_is_exact(workdir, prepared):
@@ -99,12 +87,12 @@ def test_records_pipeline_matches_npy_pipeline(workdir, prepared, sampling):
   records, root = pipeline.get_records(config, workdir, 'train')
   source = prepare.PreparedSource(prepared['float32'], 'train', records)
   for start_step in (0, 1000):
-    _assert_batches_equal(
-        _take(pipeline.create_train_dataset(config, source,
+    batch_testing.assert_batches_equal(
+        batch_testing.take(pipeline.create_train_dataset(config, source,
                                             start_step=start_step), 4),
-        _take(pipeline.create_train_dataset(config, records, root,
+        batch_testing.take(pipeline.create_train_dataset(config, records, root,
                                             start_step=start_step), 4))
-  per_process = _take(pipeline.create_train_dataset(
+  per_process = batch_testing.take(pipeline.create_train_dataset(
       config, source, process_index=1, process_count=2), 2)
   assert per_process[0]['visual'].shape == (2, 32, 8)
 
@@ -116,7 +104,7 @@ def test_records_eval_matches_npy_eval(workdir, prepared):
   batches, num = pipeline.create_eval_dataset(config, source)
   npy_batches, npy_num = pipeline.create_eval_dataset(config, records, root)
   assert num == npy_num == len(list(batches))
-  _assert_batches_equal(list(batches), list(npy_batches))
+  batch_testing.assert_batches_equal(list(batches), list(npy_batches))
 
 
 def test_half_precision_batches_keep_their_dtype(workdir, prepared):
@@ -124,8 +112,8 @@ def test_half_precision_batches_keep_their_dtype(workdir, prepared):
   config.dataset.train_sampling = 'bins'
   records, root = pipeline.get_records(config, workdir, 'train')
   source = prepare.PreparedSource(prepared['float16'], 'train')
-  half = _take(pipeline.create_train_dataset(config, source), 3)
-  full = _take(pipeline.create_train_dataset(config, records, root), 3)
+  half = batch_testing.take(pipeline.create_train_dataset(config, source), 3)
+  full = batch_testing.take(pipeline.create_train_dataset(config, records, root), 3)
   for h, f in zip(half, full):
     assert h['visual'].dtype == h['audio'].dtype == np.float16
     np.testing.assert_array_equal(h['visual'], f['visual'].astype(np.float16))
@@ -148,8 +136,8 @@ def test_batches_of_each_dtype(workdir, prepared, dtype):
   config.dataset.train_sampling = 'bins'
   records, root = pipeline.get_records(config, workdir, 'train')
   source = prepare.PreparedSource(prepared[dtype], 'train')
-  got = _take(pipeline.create_train_dataset(config, source), 3)
-  want = _take(pipeline.create_train_dataset(config, records, root), 3)
+  got = batch_testing.take(pipeline.create_train_dataset(config, source), 3)
+  want = batch_testing.take(pipeline.create_train_dataset(config, records, root), 3)
   stored = np.float32 if dtype == 'float32' else _HALF[dtype]
   for g, w in zip(got, want):
     assert g['visual'].dtype == g['audio'].dtype == stored
