@@ -503,13 +503,8 @@ def _write_results(workdir, evaluator, results, writer, is_chief):
 
 def _abstract_variables(model, config, mesh):
   """`{'params': ...}` `ShapeDtypeStruct`s of `model`, replicated."""
-  def init(rng):
-    return {'params': model.init({'params': rng}, *_dummy_inputs(config),
-                                 train=False)['params']}
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=parallel.replicated(mesh)),
-      jax.eval_shape(init, jax.random.key(0)))
+  return {'params': abstract_train_state(model, create_optimizer(config),
+                                         config, mesh).params}
 
 
 def restore_variables(path, abstract_variables, config):
