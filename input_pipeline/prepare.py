@@ -32,7 +32,7 @@ import os
 import shutil
 import socket
 import threading
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 import uuid
 
 from array_record.python import array_record_module
@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import formats
 from input_pipeline import pipeline
+from input_pipeline import record_file
 from input_pipeline import tfds_builder
 
 # Written last into a finished preparation: its settings and what validation
@@ -252,12 +253,15 @@ class PreparedSource(pipeline.FeatureSource):
   """A split of a prepared dataset, read by random access.
 
   Lengths, labels and every record field come from the dataset's metadata,
-  so planning and subset selection read no example; `load` reads one
-  ArrayRecord record per video (no file opens) and copies nothing.
+  so planning and subset selection read no example. Local shards are read
+  through their index (`record_file.RecordFile`): `load_into` reads the
+  frames a batch needs with one `preadv` per video and feature, no file
+  opens; shards without one (remote, or written by other means) through
+  ArrayRecordReader.
   """
 
-  # Record reads are CPU bound (decoding); more threads than a few per core
-  # only contend.
+  # Reads are memory-bandwidth bound; more threads than a few per core only
+  # contend.
   load_threads = 4
 
   def __init__(self, data_dir: str, split: str,
@@ -318,20 +322,34 @@ class PreparedSource(pipeline.FeatureSource):
     self._lock = threading.Lock()
 
   def _reader(self, shard: int):
+    """The shard's reader: a `record_file.RecordFile` where the shard has
+    its index (local files), else an ArrayRecordReader."""
     reader = self._readers[shard]
     if reader is None:
       with self._lock:
         if self._readers[shard] is None:
-          self._readers[shard] = array_record_reader(self._files[shard])
+          path = os.fspath(self._files[shard])
+          end = self._ends[shard] - (self._ends[shard - 1] if shard else 0)
+          self._readers[shard] = record_file.RecordFile.open(
+              path, self._skips[shard] + end,
+              len(tfds_builder.FEATURE_BYTES_KEYS)) or array_record_reader(
+                  path)
         reader = self._readers[shard]
     return reader
 
-  def read(self, i: int) -> bytes:
-    """The serialized example of video i."""
+  def _locate(self, i: int):
+    """(reader, record index in its shard) of video i."""
     position = int(self._positions[i])
     shard = bisect.bisect_right(self._ends, position)
     start = self._ends[shard - 1] if shard else 0
-    return self._reader(shard).read([position - start + self._skips[shard]])[0]
+    return self._reader(shard), position - start + self._skips[shard]
+
+  def read(self, i: int) -> Union[bytes, np.ndarray]:
+    """The serialized example of video i (bytes, or a uint8 array)."""
+    reader, record = self._locate(i)
+    if isinstance(reader, record_file.RecordFile):
+      return reader.read(record)
+    return reader.read([record])[0]
 
   def length(self, i: int) -> int:
     return int(self._lengths[i])
@@ -339,97 +357,63 @@ class PreparedSource(pipeline.FeatureSource):
   def lengths(self) -> np.ndarray:
     return self._lengths.copy()
 
+  def _damaged(self, i: int, what: str) -> ValueError:
+    return ValueError(f'{self.records[i].file}: its prepared record {what}; '
+                      'the prepared data is damaged, delete it to prepare '
+                      'again.')
+
   def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Video i's features: read-only views of one record, no copy."""
+    """Video i's features: read-only views of one record read, no copy."""
+    reader, record = self._locate(i)
     serialized = self.read(i)
-    fields = example_bytes_features(serialized, _FEATURE_KEYS)
+    keys = tfds_builder.FEATURE_BYTES_KEYS
+    if isinstance(reader, record_file.RecordFile):
+      fields = {k: reader.feature(record, n) for n, k in enumerate(keys)}
+    else:
+      fields = record_file.example_bytes_features(serialized, keys)
     out = []
-    for key, dim in zip(_FEATURE_KEYS, (self.visual_dim, self.audio_dim)):
+    for key, dim in zip(keys, (self.visual_dim, self.audio_dim)):
       if key not in fields:
-        raise ValueError(f'{self.records[i].file}: its prepared record has '
-                         f'no {key!r} bytes; the prepared data is damaged, '
-                         'delete it to prepare again.')
+        raise self._damaged(i, f'has no {key!r} bytes')
       offset, size = fields[key]
       x = np.frombuffer(serialized, self.dtype, size // self.dtype.itemsize,
                         offset)
       out.append(x.reshape(-1, dim))
     if not out[0].shape[0] == out[1].shape[0] == self._lengths[i]:
-      raise ValueError(
-          f'{self.records[i].file}: prepared features of {out[0].shape[0]} '
-          f'visual and {out[1].shape[0]} audio frames, but the metadata says '
-          f'{self._lengths[i]}; the prepared data is damaged, delete it to '
-          'prepare again.')
+      raise self._damaged(
+          i, f'has {out[0].shape[0]} visual and {out[1].shape[0]} audio '
+          f'frames, but the metadata says {self._lengths[i]}')
     return out[0], out[1]
 
-
-# The TFDS serialized names of the two feature tensors' bytes.
-_FEATURE_KEYS = ('visual/value', 'audio/value')
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    byte = buf[pos]
-    pos += 1
-    result |= (byte & 0x7F) << shift
-    if byte < 0x80:
-      return result, pos
-    shift += 7
-
-
-def _fields(buf: bytes, start: int, end: int):
-  """(field number, value start, value end) of a message's length-delimited
-  fields (protobuf wire format); other wire types are skipped."""
-  pos = start
-  while pos < end:
-    key, pos = _varint(buf, pos)
-    wire = key & 7
-    if wire == 2:
-      size, pos = _varint(buf, pos)
-      yield key >> 3, pos, pos + size
-      pos += size
-    elif wire == 0:
-      _, pos = _varint(buf, pos)
-    elif wire in (1, 5):
-      pos += 8 if wire == 1 else 4
-    else:
-      raise ValueError(f'not a serialized tf.train.Example (wire type '
-                       f'{wire} at byte {pos}).')
-
-
-def example_bytes_features(serialized: bytes,
-                           keys: Sequence[str]) -> dict[str, tuple[int, int]]:
-  """(offset, size) of the first bytes value of each named feature.
-
-  Walks the tf.train.Example wire format (Example.features = 1;
-  Features.feature = 1, map entries of key = 1, value = 2; Feature.bytes_list
-  = 1; BytesList.value = 1) without copying the values: the features of a
-  real-width video are megabytes, and parsing the message would copy them
-  twice. Keys not found (or without bytes) are left out.
-  """
-  wanted = {k.encode(): k for k in keys}
-  out = {}
-  for field, start, end in _fields(serialized, 0, len(serialized)):
-    if field != 1:
-      continue
-    for entry_field, entry_start, entry_end in _fields(serialized, start, end):
-      if entry_field != 1:
-        continue
-      key = value = None
-      for f, s, e in _fields(serialized, entry_start, entry_end):
-        if f == 1:
-          key = serialized[s:e]
-        elif f == 2:
-          value = (s, e)
-      if key not in wanted or value is None:
-        continue
-      for f, s, e in _fields(serialized, *value):
-        if f == 1:  # bytes_list
-          for g, vs, ve in _fields(serialized, s, e):
-            if g == 1:
-              out[wanted[key]] = (vs, ve - vs)
-              break
-  return out
+  def load_into(self, i, frames_for, visual_out, audio_out) -> int:
+    """See `FeatureSource.load_into`. With a `RecordFile`: reads only the
+    rows from the first frame to the last; consecutive frames (evaluation,
+    'crop') land in the outputs straight from the file, others go through
+    one buffer and `np.take`."""
+    reader, record = self._locate(i)
+    if not isinstance(reader, record_file.RecordFile):
+      return super().load_into(i, frames_for, visual_out, audio_out)
+    length = int(self._lengths[i])
+    frames = frames_for(length)
+    n = len(frames)
+    if not n:
+      return 0
+    first, span = int(frames[0]), int(frames[-1]) - int(frames[0]) + 1
+    itemsize = self.dtype.itemsize
+    for k, (dim, out) in enumerate(((self.visual_dim, visual_out),
+                                    (self.audio_dim, audio_out))):
+      size = reader.feature(record, k)[1]
+      if size != length * dim * itemsize:
+        raise self._damaged(i, f'has {size} bytes of feature {k}, expected '
+                            f'{length} frames x {dim} x {itemsize}')
+      row = dim * itemsize
+      if span == n:  # Non-decreasing, so frames[0], frames[0] + 1, ...
+        reader.read_feature(record, k, first * row, out[:n])
+      else:
+        rows = np.empty((span, dim), self.dtype)
+        reader.read_feature(record, k, first * row, rows)
+        np.take(rows, frames - first, axis=0, out=out[:n], mode='clip')
+    return n
 
 
 def array_record_reader(path: str):

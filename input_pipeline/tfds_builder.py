@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import writer as writer_lib
 
 from input_pipeline import formats
+from input_pipeline import record_file
 from input_pipeline import validation
 
 NAME = 'wmmt_features'
@@ -64,8 +65,12 @@ DEFAULT_LAYOUTS = {'lavdf': 'mdp', 'avdeepfake1m': 'ummaformer',
 # `dataset.record_dtype` -> stored dtype; float16 and bfloat16 halve the size.
 RECORD_DTYPES = {'float32': np.float32, 'float16': np.float16,
                  'bfloat16': ml_dtypes.bfloat16}
-# Written with the data: the readers check it.
-FORMAT_VERSION = 1
+# Written with the data: the readers check it. 2: shard indices
+# (`record_file.INDEX_SUFFIX`).
+FORMAT_VERSION = 2
+# The serialized names of the feature tensors' bytes (`visual`, `audio`),
+# in the order of the shard indices' feature columns.
+FEATURE_BYTES_KEYS = ('visual/value', 'audio/value')
 # Beside the dataset's version directory; lists the videos left out.
 VALIDATION_REPORT = 'validation_report.json'
 # Feature files loaded ahead of the writer (file reads release the GIL).
@@ -222,18 +227,27 @@ def _ordered_map(fn, items, num_threads: int, ahead: int) -> Iterator[Any]:
 
 
 class _UncompressedExampleWriter(writer_lib.ExampleWriter):
-  """Writes ArrayRecord shards with `_ARRAY_RECORD_OPTIONS`."""
+  """Writes ArrayRecord shards with `_ARRAY_RECORD_OPTIONS`, and beside each
+  local one the index `record_file.RecordFile` reads it by."""
 
   def write(self, path, examples):
     if self.file_format != tfds.core.FileFormat.ARRAY_RECORD:
       return super().write(path, examples)
-    writer = array_record_module.ArrayRecordWriter(os.fspath(path),
-                                                   _ARRAY_RECORD_OPTIONS)
+    path = os.fspath(path)
+    writer = array_record_module.ArrayRecordWriter(path, _ARRAY_RECORD_OPTIONS)
+    features = []
     try:
       for _, serialized in examples:
         writer.write(serialized)
+        fields = record_file.example_bytes_features(serialized,
+                                                    FEATURE_BYTES_KEYS)
+        features.append([x for k in FEATURE_BYTES_KEYS
+                         for x in fields.get(k, (0, 0))])
     finally:
       writer.close()
+    if '://' not in path:
+      record_file.write_index(path, np.array(features, np.int64).reshape(
+          -1, 2 * len(FEATURE_BYTES_KEYS)))
     return None
 
 

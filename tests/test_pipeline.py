@@ -328,3 +328,33 @@ def test_interpreter_exits_while_loading(data):
                           capture_output=True, text=True, timeout=90)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'exiting' in result.stdout
+
+
+def test_buffer_pool_reuses_only_free_buffers():
+  pool = pipeline._BufferPool(2)
+  a = pool.empty((4, 8), np.float16)
+  assert a.ctypes.data % pipeline._TENSOR_ALIGN == 0
+  address = a.ctypes.data
+  b = pool.empty((4, 8), np.float16)
+  assert b.ctypes.data != address  # `a` is in use.
+  view = a[1:]
+  del a
+  assert pool.empty((4, 8), np.float16).ctypes.data not in (
+      address, b.ctypes.data)  # A view of `a` keeps it in use.
+  del view
+  assert pool.empty((4, 8), np.float16).ctypes.data == address
+  # Another shape: a buffer of its own.
+  assert pool.empty((2, 8), np.float16).ctypes.data != address
+
+
+def test_held_batches_are_never_overwritten(data):
+  # Batch buffers are reused once free: batches a consumer keeps (here all
+  # 10, while the pipeline prefetches more) stay as they were made.
+  config, train, _, root = data
+  held = batch_testing.take(pipeline.create_train_dataset(config, train, root),
+                            10)
+  for step in (0, 4, 9):
+    batch_testing.assert_batches_equal(
+        held[step:step + 1],
+        batch_testing.take(pipeline.create_train_dataset(
+            config, train, root, start_step=step), 1))
