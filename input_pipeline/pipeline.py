@@ -406,7 +406,7 @@ class FeatureSource:
 
     Args:
       i: the video.
-      frames_for: T_v -> `[n]` frame indices in [0, T_v), non-decreasing.
+      frames_for: T_v -> `[n]` frame indices in [0, T_v), in any order.
       visual_out: `[>= n, Dv]` in `dtype`, C-contiguous.
       audio_out: `[>= n, Da]` in `dtype`, C-contiguous.
 

@@ -394,11 +394,16 @@ class PreparedSource(pipeline.FeatureSource):
     if not isinstance(reader, record_file.RecordFile):
       return super().load_into(i, frames_for, visual_out, audio_out)
     length = int(self._lengths[i])
-    frames = frames_for(length)
+    frames = np.asarray(frames_for(length))
     n = len(frames)
     if not n:
       return 0
-    first, span = int(frames[0]), int(frames[-1]) - int(frames[0]) + 1
+    first, last = int(frames.min()), int(frames.max())
+    if first < 0 or last >= length:
+      raise ValueError(f'{self.records[i].file}: frames {first}..{last} '
+                       f'asked of a video of {length}.')
+    span = last - first + 1
+    consecutive = span == n and (n == 1 or bool((np.diff(frames) == 1).all()))
     itemsize = self.dtype.itemsize
     for k, (dim, out) in enumerate(((self.visual_dim, visual_out),
                                     (self.audio_dim, audio_out))):
@@ -407,7 +412,7 @@ class PreparedSource(pipeline.FeatureSource):
         raise self._damaged(i, f'has {size} bytes of feature {k}, expected '
                             f'{length} frames x {dim} x {itemsize}')
       row = dim * itemsize
-      if span == n:  # Non-decreasing, so frames[0], frames[0] + 1, ...
+      if consecutive:
         reader.read_feature(record, k, first * row, out[:n])
       else:
         rows = np.empty((span, dim), self.dtype)

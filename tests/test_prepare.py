@@ -137,6 +137,27 @@ def test_records_are_read_through_their_index(workdir, prepared, tmp_path):
                  for r in fallback._readers)
 
 
+def test_load_into_any_frames(workdir, prepared):
+  source = prepare.PreparedSource(prepared['float16'], 'test')
+  length = source.length(0)
+  visual, audio = source.load(0)
+  rng = np.random.default_rng(0)
+  for frames in (np.arange(length), np.arange(2, length - 1), [length - 1],
+                 np.sort(rng.integers(0, length, 2 * length)),
+                 rng.permutation(length)[:5], [3, 3, 1]):
+    frames = np.asarray(frames)
+    out_v = np.full((len(frames) + 1, visual.shape[1]), 9, visual.dtype)
+    out_a = np.full((len(frames) + 1, audio.shape[1]), 9, audio.dtype)
+    assert source.load_into(0, lambda n, f=frames: f, out_v, out_a) == len(
+        frames)
+    np.testing.assert_array_equal(out_v[:-1], visual[frames])
+    np.testing.assert_array_equal(out_a[:-1], audio[frames])
+    assert (out_v[-1] == 9).all() and (out_a[-1] == 9).all()
+  with pytest.raises(ValueError, match=f'frames 0..{length} asked of a '
+                     f'video of {length}'):
+    source.load_into(0, lambda n: np.arange(n + 1), out_v, out_a)
+
+
 def test_half_precision_batches_keep_their_dtype(workdir, prepared):
   config = tiny_config()
   config.dataset.train_sampling = 'bins'
