@@ -346,10 +346,7 @@ class PreparedSource(pipeline.FeatureSource):
 
   def read(self, i: int) -> Union[bytes, np.ndarray]:
     """The serialized example of video i (bytes, or a uint8 array)."""
-    reader, record = self._locate(i)
-    if isinstance(reader, record_file.RecordFile):
-      return reader.read(record)
-    return reader.read([record])[0]
+    return _read_record(*self._locate(i))
 
   def length(self, i: int) -> int:
     return int(self._lengths[i])
@@ -365,7 +362,7 @@ class PreparedSource(pipeline.FeatureSource):
   def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Video i's features: read-only views of one record read, no copy."""
     reader, record = self._locate(i)
-    serialized = self.read(i)
+    serialized = _read_record(reader, record)
     keys = tfds_builder.FEATURE_BYTES_KEYS
     if isinstance(reader, record_file.RecordFile):
       fields = {k: reader.feature(record, n) for n, k in enumerate(keys)}
@@ -419,6 +416,13 @@ class PreparedSource(pipeline.FeatureSource):
         reader.read_feature(record, k, first * row, rows)
         np.take(rows, frames - first, axis=0, out=out[:n], mode='clip')
     return n
+
+
+def _read_record(reader, record: int) -> Union[bytes, np.ndarray]:
+  """Record `record` of a shard through either kind of reader."""
+  if isinstance(reader, record_file.RecordFile):
+    return reader.read(record)
+  return reader.read([record])[0]
 
 
 def array_record_reader(path: str):

@@ -155,8 +155,9 @@ def example_bytes_features(serialized: Union[bytes, np.ndarray],
   return out
 
 
-def _read_content(fd: int, pos: int, size: int, file_size: int) -> bytes:
-  """Up to `size` content bytes from file position `pos` on."""
+def _pread_content(fd: int, pos: int, size: int, file_size: int) -> bytes:
+  """Up to `size` content bytes from file position `pos` on, fewer at the
+  end of the file (small reads of chunk headers while indexing)."""
   out = bytearray()
   while len(out) < size and pos < file_size:
     if pos % BLOCK_SIZE == 0:
@@ -190,7 +191,7 @@ def _index_records(fd: int, file_size: int, num_records: int):
   sizes = np.empty(num_records, np.int64)
   pos, found = 0, 0
   while found < num_records:
-    head = _read_content(fd, pos, CHUNK_HEADER_SIZE + _DATA_PREFIX, file_size)
+    head = _pread_content(fd, pos, CHUNK_HEADER_SIZE + _DATA_PREFIX, file_size)
     if len(head) < CHUNK_HEADER_SIZE:
       return None
     data_size = int.from_bytes(head[8:16], 'little')
